@@ -1,0 +1,1 @@
+"""Pipeline stages, one package each, plus ``common``."""

@@ -1,0 +1,1 @@
+"""Code shared by every stage: config, storage, lineage, the stage protocol, logging."""

@@ -1,0 +1,98 @@
+"""Logging for every stage: one format, periodic progress lines, and secret redaction.
+
+Progress is logged as plain lines (not a redrawn bar) because stage output ends up in KFP pod
+logs and CI logs, where carriage returns are noise.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import time
+
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
+_MIN_SECRET_LEN = 6
+
+
+def secret_values() -> list[str]:
+    """Values of environment variables whose name looks secret (API keys, tokens)."""
+    return sorted(
+        {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN},
+        key=len,
+        reverse=True,
+    )
+
+
+def redact(text: str) -> str:
+    """Replace every secret environment value in ``text`` by ``***``."""
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return text
+
+
+class RedactSecrets(logging.Filter):
+    """Logging filter that scrubs secret environment values from every record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        clean = redact(message)
+        if clean != message:
+            record.msg, record.args = clean, None
+        return True
+
+
+def setup_logging(level: int = logging.INFO) -> None:
+    """Configure the root logger once per process (idempotent)."""
+    root = logging.getLogger()
+    if any(isinstance(f, RedactSecrets) for h in root.handlers for f in h.filters):
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.addFilter(RedactSecrets())
+    root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("httpx", "LiteLLM", "urllib3", "alembic", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+class Progress:
+    """Periodic progress log line with throughput and ETA.
+
+    >>> progress = Progress(log, "embedding", total=len(items), unit="items")
+    >>> for batch in batches: ...; progress.update(len(batch))
+    >>> progress.close()
+    """
+
+    def __init__(self, logger: logging.Logger, what: str, total: int | None = None,
+                 unit: str = "items", every: float = 10.0):
+        self.logger, self.what, self.total, self.unit, self.every = logger, what, total, unit, every
+        self.count = 0
+        self.start = self.last = time.monotonic()
+
+    def update(self, n: int = 1) -> None:
+        self.count += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self.logger.info(self._line(now))
+
+    def _line(self, now: float) -> str:
+        elapsed = max(now - self.start, 1e-9)
+        rate = self.count / elapsed
+        line = f"{self.what}: {self.count:,}"
+        if self.total:
+            line += f"/{self.total:,} ({100 * self.count / self.total:.0f}%)"
+        line += f" {self.unit}, {rate:,.1f} {self.unit}/s, elapsed {_duration(elapsed)}"
+        if self.total and rate > 0:
+            line += f", ETA {_duration((self.total - self.count) / rate)}"
+        return line
+
+    def close(self) -> None:
+        self.logger.info(self._line(time.monotonic()) + " (done)")

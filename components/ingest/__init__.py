@@ -1,0 +1,1 @@
+"""Ingest: raw catalog and interactions in, canonical items and samples out."""

@@ -1,0 +1,161 @@
+"""The recipe's preprocessing: title filter, review window, iterative k-core, sliding-window
+samples and the global chronological split (RECIPE.md section 1)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections import Counter
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from components.ingest.config import PreprocessConfig
+from components.ingest.readers import SPLITS, IngestError, RawCatalog
+
+log = logging.getLogger(__name__)
+
+
+def title_problem(title: str, max_words: int) -> str | None:
+    """Why the recipe drops an item with this title, or None if it keeps it."""
+    if not title:
+        return "empty"
+    if "<span id" in title:
+        return "span_markup"
+    if len(title) <= 1:
+        return "too_short"
+    if len(title.split()) > max_words:
+        return "too_long"
+    return None
+
+
+def filter_titles(items: pd.DataFrame, cfg: PreprocessConfig, source: str) -> tuple[pd.DataFrame, dict[str, int]]:
+    problems = items["title"].map(lambda t: title_problem(t, cfg.title_max_words))
+    bad = problems.notna()
+    counts = dict(Counter(problems[bad]))
+    if bad.any() and not cfg.title_filter:
+        first = items.loc[bad].iloc[0]
+        raise IngestError(f"{source}: {int(bad.sum())} item(s) with an invalid title "
+                          f"({counts}); e.g. item {first['item_id']!r}: {first['title'][:60]!r}. "
+                          "Enable ingest.preprocess.title_filter to drop them")
+    return items.loc[~bad].reset_index(drop=True), counts
+
+
+def kcore(interactions: pd.DataFrame, k: int) -> pd.DataFrame:
+    """Iteratively drop users and items with fewer than ``k`` interactions until stable."""
+    df = interactions
+    while True:
+        user_n = df.groupby("user_id")["item_id"].transform("size")
+        item_n = df.groupby("item_id")["user_id"].transform("size")
+        keep = (user_n >= k) & (item_n >= k)
+        if keep.all():
+            return df
+        df = df.loc[keep]
+
+
+def _epoch(day: dt.date | None) -> int | None:
+    if day is None:
+        return None
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
+
+
+def window_kcore(interactions: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Apply the review window and k-core; move the start back a year while too few items survive."""
+    start, end = cfg.window_start, cfg.window_end
+    first_ts = int(interactions["timestamp"].min()) if len(interactions) else 0
+    extended = 0
+    while True:
+        ts = interactions["timestamp"]
+        mask = np.ones(len(interactions), dtype=bool)
+        if start is not None:
+            mask &= ts.to_numpy() >= _epoch(start)
+        if end is not None:
+            mask &= ts.to_numpy() < _epoch(end)
+        in_window = interactions.loc[mask]
+        cored = kcore(in_window, cfg.k_core)
+        n_items = cored["item_id"].nunique()
+        covers_all = start is None or _epoch(start) <= first_ts
+        if n_items >= cfg.min_window_items or covers_all:
+            break
+        log.info("window from %s keeps %d items (< %d): moving the start back one year",
+                 start, n_items, cfg.min_window_items)
+        start = start.replace(year=start.year - 1)
+        extended += 1
+    info = {"start": str(start) if start else None, "end": str(end) if end else None,
+            "extended_years": extended, "in_window": int(len(in_window)), "after_kcore": int(len(cored))}
+    return cored, info
+
+
+def sliding_samples(interactions: pd.DataFrame, max_history: int) -> pd.DataFrame:
+    """One sample per interaction after a user's first: history = up to ``max_history`` previous
+    items (oldest first; repeats kept), target = the item, timestamp = its time."""
+    ordered = interactions.reset_index(drop=True)
+    ordered = ordered.iloc[np.lexsort((np.arange(len(ordered)), ordered["timestamp"].to_numpy(),
+                                       ordered["user_id"].to_numpy()))]
+    users, histories, targets, times = [], [], [], []
+    for user, group in ordered.groupby("user_id", sort=False):
+        seq = group["item_id"].tolist()
+        stamps = group["timestamp"].tolist()
+        for i in range(1, len(seq)):
+            users.append(user)
+            histories.append(seq[max(0, i - max_history) : i])
+            targets.append(seq[i])
+            times.append(stamps[i])
+    return pd.DataFrame({"user_id": users, "history": histories, "target": targets,
+                         "timestamp": np.asarray(times, dtype=np.int64)})
+
+
+def chronological_split(samples: pd.DataFrame, fractions: list[float]) -> pd.DataFrame:
+    """Sort all samples by target time (stable) and cut train/valid/test by ``fractions``."""
+    ordered = samples.iloc[np.argsort(samples["timestamp"].to_numpy(), kind="stable")].reset_index(drop=True)
+    n = len(ordered)
+    n_train = int(n * fractions[0])
+    n_valid = int(n * (fractions[0] + fractions[1])) - n_train
+    split = np.array(["test"] * n, dtype=object)
+    split[:n_train] = "train"
+    split[n_train : n_train + n_valid] = "valid"
+    ordered["split"] = split
+    return ordered
+
+
+def preprocess(raw: RawCatalog, cfg: PreprocessConfig, resplit: bool = False) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """Raw catalog -> (items, samples, stats)."""
+    stats: dict[str, Any] = {"items_raw": int(len(raw.items))}
+    if raw.samples is not None:
+        # A release pack was filtered and sequenced upstream (its samples refer to every item it
+        # ships); only the split can be redone.
+        items, samples = raw.items, raw.samples
+        if resplit:
+            samples = chronological_split(samples.drop(columns="split"), cfg.split)
+    else:
+        source = raw.sources.get("meta") or raw.sources.get("items", "")
+        items, stats["items_dropped_title"] = filter_titles(raw.items, cfg, source)
+        inter = raw.interactions
+        stats["interactions_raw"] = int(len(inter))
+        inter = inter.loc[inter["item_id"].isin(set(items["item_id"]))]
+        stats["interactions_known_items"] = int(len(inter))
+        inter, window = window_kcore(inter, cfg)
+        stats["window"] = window
+        if inter.empty:
+            raise IngestError(
+                "no interactions left after preprocessing (raw "
+                f"{stats['interactions_raw']:,}, with a kept item {stats['interactions_known_items']:,}, "
+                f"in window {window['in_window']:,}, after {cfg.k_core}-core 0); relax "
+                "ingest.preprocess.k_core or widen window_start/window_end"
+            )
+        items = items.loc[items["item_id"].isin(set(inter["item_id"]))].reset_index(drop=True)
+        samples = chronological_split(sliding_samples(inter, cfg.max_history), cfg.split)
+    if samples.empty:
+        raise IngestError("no samples left after preprocessing")
+
+    history_len = samples["history"].map(len).to_numpy()
+    stats.update({
+        "items": int(len(items)),
+        "users": int(samples["user_id"].nunique()),
+        "samples": {s: int((samples["split"] == s).sum()) for s in SPLITS} | {"total": int(len(samples))},
+        "history_length": {"mean": float(history_len.mean()), "min": int(history_len.min()),
+                           "max": int(history_len.max())},
+    })
+    stats.update(raw.notes)
+    return items, samples[["user_id", "history", "target", "timestamp", "split"]], stats

@@ -1,0 +1,1 @@
+"""The Kubeflow pipeline: run profiles, the DAG, and the ``sidreasoner`` CLI."""

@@ -1,0 +1,214 @@
+"""``sidreasoner``: run the pipeline locally, compile it for Kubeflow, submit or schedule it.
+
+    sidreasoner validate --config demo [--set k=v]          check a profile, print it resolved
+    sidreasoner run      --config demo [--set k=v] [--out DIR]
+    sidreasoner compile  --config PROFILE --out pipeline.yaml [--registry R --tag T]
+    sidreasoner submit   --config PROFILE --host URL [--experiment E]
+    sidreasoner schedule --config PROFILE --host URL --cron "0 0 3 * * *"
+    sidreasoner demo-data --out DIR [--items N --users N --seed S]
+
+``--config`` takes a path or the name of a profile in ``pipeline/configs/``. Every command
+validates the whole profile before doing anything else.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from components.common.config import ConfigError
+from components.common.logs import setup_logging
+from pipeline.config import RunConfig, load_config
+
+log = logging.getLogger("sidreasoner")
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="profile path or name in pipeline/configs/")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. ingest.preprocess.k_core=3 (repeatable)")
+
+
+def _cluster_args(parser: argparse.ArgumentParser) -> None:
+    _add_config_args(parser)
+    parser.add_argument("--registry", help="image registry (overrides images.registry)")
+    parser.add_argument("--tag", help="image tag (overrides images.tag)")
+
+
+def _load(args: argparse.Namespace) -> tuple[RunConfig, str]:
+    overrides = list(args.set)
+    if getattr(args, "registry", None):
+        overrides.append(f"images.registry={args.registry}")
+    if getattr(args, "tag", None):
+        overrides.append(f"images.tag={args.tag}")
+    return load_config(args.config, overrides)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg, profile = _load(args)
+    print(f"# profile {profile}: valid")
+    print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    for problem in cfg.cluster_problems():
+        print(f"# not cluster-ready: {problem}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pipeline.local import default_run_dir, run_local
+
+    cfg, profile = _load(args)
+    out = Path(args.out) if args.out else default_run_dir(cfg)
+    record = run_local(cfg, profile, out)
+    print(f"\nrun {record['run_id']} {record['status']}")
+    print(f"run folder: {out.resolve()}")
+    print(f"run record: {out.resolve() / 'run.json'}")
+    print(f"MLflow:     mlflow ui --backend-store-uri {record['mlflow']['tracking_uri']}")
+    return 0
+
+
+def compile_to(cfg: RunConfig, profile: str, path: Path) -> Path:
+    """Compile the cluster pipeline for ``cfg`` into ``path`` (KFP IR YAML)."""
+    from kfp import compiler
+
+    from pipeline.dag import build_pipeline
+    from pipeline.local import stage_context
+
+    ctx = stage_context(cfg, profile, tracking_uri=cfg.tracking.uri or "",
+                        artifact_location=cfg.tracking.artifact_location)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    compiler.Compiler().compile(build_pipeline(cfg, ctx, for_cluster=True), str(path))
+    return path
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    cfg, profile = _load(args)
+    for problem in cfg.cluster_problems():
+        log.warning("not cluster-ready (submit would refuse): %s", problem)
+    path = compile_to(cfg, profile, Path(args.out))
+    print(f"compiled {profile} -> {path}")
+    return 0
+
+
+def _cluster_ready(cfg: RunConfig) -> None:
+    problems = cfg.cluster_problems()
+    if problems:
+        raise ConfigError("this profile cannot run on a cluster:\n  " + "\n  ".join(problems))
+
+
+def _client(host: str):
+    import kfp
+
+    return kfp.Client(host=host)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    cfg, profile = _load(args)
+    _cluster_ready(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_to(cfg, profile, Path(tmp) / "pipeline.yaml")
+        run = _client(args.host).create_run_from_pipeline_package(
+            str(package), arguments={}, run_name=args.run_name or f"{cfg.run.name}-{profile}",
+            experiment_name=args.experiment, service_account=cfg.kubernetes.service_account,
+        )
+    print(json.dumps({"run_id": run.run_id, "experiment": args.experiment}))
+    return 0
+
+
+def normalize_cron(expr: str) -> str:
+    """KFP schedules use 6-field cron (seconds first); accept the usual 5 fields too."""
+    fields = expr.split()
+    if len(fields) == 5:
+        return "0 " + expr.strip()
+    if len(fields) == 6:
+        return " ".join(fields)
+    raise ConfigError(f"--cron {expr!r}: expected 5 fields (min hour dom month dow) or 6 (with seconds)")
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    cfg, profile = _load(args)
+    _cluster_ready(cfg)
+    cron = normalize_cron(args.cron)
+    client = _client(args.host)
+    experiment = client.create_experiment(args.experiment)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_to(cfg, profile, Path(tmp) / "pipeline.yaml")
+        job = client.create_recurring_run(
+            experiment_id=experiment.experiment_id, job_name=args.name or f"{cfg.run.name}-{profile}",
+            cron_expression=cron, pipeline_package_path=str(package), max_concurrency=1,
+            no_catchup=True, service_account=cfg.kubernetes.service_account,
+        )
+    print(json.dumps({"recurring_run_id": job.recurring_run_id, "cron": cron}))
+    return 0
+
+
+def cmd_demo_data(args: argparse.Namespace) -> int:
+    from components.ingest.demo_data import write_demo_data
+
+    paths = write_demo_data(args.out, n_items=args.items, n_users=args.users, seed=args.seed)
+    print(json.dumps(paths))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sidreasoner", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("validate", help="validate a profile and print it resolved")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("run", help="run the pipeline locally (kfp.local)")
+    _add_config_args(p)
+    p.add_argument("--out", help="run folder (default build/runs/<name>-<time>)")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    _cluster_args(p)
+    p.add_argument("--out", required=True, help="IR file to write")
+    p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("submit", help="compile and start a run on a Kubeflow Pipelines host")
+    _cluster_args(p)
+    p.add_argument("--host", required=True, help="KFP API endpoint")
+    p.add_argument("--experiment", default="sidreasoner", help="KFP experiment")
+    p.add_argument("--run-name")
+    p.set_defaults(func=cmd_submit)
+
+    p = sub.add_parser("schedule", help="create a recurring run (scheduled retraining)")
+    _cluster_args(p)
+    p.add_argument("--host", required=True, help="KFP API endpoint")
+    p.add_argument("--cron", required=True, help="cron expression, 5 or 6 fields")
+    p.add_argument("--experiment", default="sidreasoner", help="KFP experiment")
+    p.add_argument("--name", help="recurring run name")
+    p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("demo-data", help="write a synthetic Amazon-2018-format catalog")
+    p.add_argument("--out", required=True)
+    p.add_argument("--items", type=int, default=400)
+    p.add_argument("--users", type=int, default=800)
+    p.add_argument("--seed", type=int, default=7)
+    p.set_defaults(func=cmd_demo_data)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    args = build_parser().parse_args(argv)
+    setup_logging()
+    try:
+        return args.func(args)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

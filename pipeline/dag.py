@@ -1,0 +1,106 @@
+"""The one kfp v2 pipeline: stages wired through artifacts, settings taken from the run config.
+
+``build_pipeline`` returns the ``@dsl.pipeline`` function for a validated config. The same
+function is compiled to IR for Kubeflow (``for_cluster=True``: resources, retries, caching and
+Kubernetes platform settings on every task) and run by ``kfp.local`` (``for_cluster=False``:
+those settings have no local meaning and the local runner would only warn about them).
+
+Every stage output is also a pipeline output named ``<stage>_<output>`` so a local run can
+report all artifact URIs (``run.json``) and the IR documents them.
+"""
+
+
+from typing import Any, NamedTuple
+
+from kfp import dsl, kubernetes
+from kfp.dsl import Artifact, Dataset
+
+from components.common.stage import StageContext
+from components.ingest import component as ingest_component
+from pipeline.config import STAGES, RunConfig
+
+#: Stage -> its outputs and their artifact types, in DAG order.
+STAGE_OUTPUTS: dict[str, dict[str, type]] = {
+    "ingest": {"items": Dataset, "samples": Dataset, "stats": Artifact},
+}
+assert tuple(STAGE_OUTPUTS) == STAGES
+
+#: Environment of every task (see STACK.md: litellm's network fetch deadlocks offline imports).
+TASK_ENV = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+
+
+def output_name(stage: str, output: str) -> str:
+    return f"{stage}_{output}"
+
+
+PipelineOutputs = NamedTuple(  # type: ignore[misc]
+    "PipelineOutputs",
+    [(output_name(stage, name), kind) for stage, outs in STAGE_OUTPUTS.items() for name, kind in outs.items()],
+)
+
+
+def _configure_task(task: Any, stage: str, cfg: RunConfig, for_cluster: bool) -> None:
+    task.set_display_name(stage)
+    if not for_cluster:
+        return
+    spec = getattr(cfg.resources, stage)
+    task.set_cpu_request(spec.cpu_request).set_memory_request(spec.memory_request)
+    if spec.cpu_limit:
+        task.set_cpu_limit(spec.cpu_limit)
+    if spec.memory_limit:
+        task.set_memory_limit(spec.memory_limit)
+    if spec.gpus:
+        task.set_accelerator_type(spec.accelerator_type).set_accelerator_limit(spec.gpus)
+    if spec.retries:
+        task.set_retry(num_retries=spec.retries, backoff_duration=spec.retry_backoff, backoff_factor=2.0)
+    task.set_caching_options(spec.caching)
+    for key, value in TASK_ENV.items():
+        task.set_env_variable(key, value)
+    for label, value in spec.node_selector.items():
+        kubernetes.add_node_selector(task, label_key=label, label_value=value)
+    for tol in spec.tolerations:
+        kubernetes.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+    if spec.shm_size:
+        kubernetes.empty_dir_mount(task, volume_name="dshm", mount_path="/dev/shm", medium="Memory",
+                                   size_limit=spec.shm_size)
+    for secret in cfg.kubernetes.secrets:
+        if stage in secret.stages:
+            kubernetes.use_secret_as_env(task, secret_name=secret.secret_name, secret_key_to_env={
+                key: env for env, key in secret.env.items()})
+    kubernetes.set_image_pull_policy(task, cfg.kubernetes.image_pull_policy)
+    kubernetes.add_pod_label(task, "sidreasoner/stage", stage)
+    for label, value in cfg.kubernetes.pod_labels.items():
+        kubernetes.add_pod_label(task, label, value)
+
+
+def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
+    """The pipeline function for ``cfg``; ``ctx`` is the static part of every stage's context."""
+    context = ctx.model_dump_json()
+    images = {stage: cfg.images.for_stage(stage) for stage in STAGES}
+    ingest_op = ingest_component.build(images["ingest"])
+
+    def section(stage: str) -> str:
+        return cfg.section(stage).model_dump_json()
+
+    @dsl.pipeline(
+        name=cfg.run.name,
+        description="SIDReasoner: semantic IDs, SID-language alignment, reasoning activation, "
+                    "GRPO and trie-constrained evaluation.",
+        pipeline_root=cfg.storage.pipeline_root if for_cluster else None,
+    )
+    def sidreasoner(run_key: str = "") -> PipelineOutputs:
+        common = {"context": context, "run_key": run_key, "pipeline_job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
+        ingest = ingest_op(config=section("ingest"), **common)
+        _configure_task(ingest, "ingest", cfg, for_cluster)
+
+        tasks = {"ingest": ingest}
+        return PipelineOutputs(**{
+            output_name(stage, name): tasks[stage].outputs[name]
+            for stage, outs in STAGE_OUTPUTS.items() for name in outs
+        })
+
+    return sidreasoner

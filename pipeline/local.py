@@ -1,0 +1,99 @@
+"""``sidreasoner run``: the whole DAG on this machine through kfp's local SubprocessRunner.
+
+A run folder holds everything of one run::
+
+    DIR/config.yaml     the validated config (after --set overrides)
+    DIR/kfp/            kfp's local pipeline root: one folder per task with its outputs
+    DIR/mlflow.db       the MLflow store (sqlite) unless tracking.uri is set
+    DIR/mlartifacts/    MLflow artifacts of that store
+    DIR/run.json        run id, config, every stage's output URIs and metadata, final metrics
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from components.common import lineage, storage
+from components.common.config import config_hash
+from components.common.stage import StageContext, git_commit
+from pipeline.config import STAGES, RunConfig
+from pipeline.dag import STAGE_OUTPUTS, build_pipeline, output_name
+
+log = logging.getLogger(__name__)
+
+#: Outputs whose JSON content is reported as the run's metrics, per stage.
+METRIC_OUTPUTS = {"ingest": "stats"}
+
+
+def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_location: str | None) -> StageContext:
+    return StageContext(
+        pipeline_name=cfg.run.name, profile=profile, config_hash=config_hash(cfg),
+        git_commit=git_commit(), images={s: cfg.images.for_stage(s) for s in STAGES},
+        tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
+        artifact_location=artifact_location, cache_uri=cfg.storage.cache_uri, seed=cfg.run.seed,
+        final_stage=STAGES[-1],
+    )
+
+
+def default_run_dir(cfg: RunConfig) -> Path:
+    return Path("build/runs") / f"{cfg.run.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
+    """Run the pipeline locally; returns (and writes) the run record ``out/run.json``."""
+    from kfp import local
+
+    out = out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    storage.write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    tracking_uri = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
+    artifact_location = cfg.tracking.artifact_location or (None if cfg.tracking.uri else str(out / "mlartifacts"))
+    ctx = stage_context(cfg, profile, tracking_uri, artifact_location)
+    run_key = f"local-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
+
+    pipeline_func = build_pipeline(cfg, ctx, for_cluster=False)
+    experiment_id = lineage.configure(tracking_uri, ctx.experiment, artifact_location)
+    parent_id = lineage.ensure_parent_run(experiment_id, run_key, {
+        lineage.TAG_CONFIG_HASH: ctx.config_hash, lineage.TAG_PROFILE: profile,
+        lineage.TAG_GIT: ctx.git_commit, lineage.TAG_IMAGES: json.dumps(ctx.images, sort_keys=True),
+        "sidreasoner.run_dir": str(out),
+    }, run_name=f"{cfg.run.name}-{run_key}")
+    lineage.log_artifact_to(parent_id, out / "config.yaml")
+
+    # Tasks run as subprocesses of this one and inherit this environment.
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
+               raise_on_error=True)
+    record: dict[str, Any] = {
+        "run_id": run_key, "profile": profile, "status": "running",
+        "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id},
+        "config": cfg.model_dump(mode="json"), "stages": {}, "metrics": {},
+    }
+    try:
+        result = pipeline_func(run_key=run_key)
+    except BaseException as exc:
+        record.update(status="failed", error=str(exc))
+        lineage.end_parent_run(parent_id, "FAILED")
+        storage.write_json(out / "run.json", record)
+        raise
+    for stage, outs in STAGE_OUTPUTS.items():
+        record["stages"][stage] = {
+            name: {"uri": result.outputs[output_name(stage, name)].uri,
+                   "metadata": dict(result.outputs[output_name(stage, name)].metadata)}
+            for name in outs
+        }
+    for stage, name in METRIC_OUTPUTS.items():
+        record["metrics"][stage] = storage.read_json(record["stages"][stage][name]["uri"])
+    record["status"] = "succeeded"
+    lineage.end_parent_run(parent_id, "FINISHED")
+    storage.write_json(out / "run.json", record)
+    return record

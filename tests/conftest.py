@@ -1,0 +1,139 @@
+"""Shared fixtures: real servers on 127.0.0.1 started (and stopped) by the tests themselves.
+
+* ``gcs_emulator``: gcp-storage-emulator, with STORAGE_EMULATOR_HOST pointing at it.
+* ``mlflow_server``: ``mlflow server`` with a sqlite store.
+* ``demo_data``: a small synthetic Amazon-2018 catalog.
+* ``office_pack``: the shared real Office release pack (skips when ../shared is absent).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "test-project")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.25)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory) -> Iterator[str]:
+    """A gcp-storage-emulator on 127.0.0.1; yields its base URL (STORAGE_EMULATOR_HOST is set)."""
+    port = free_port()
+    log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "gcp-storage-emulator"), "start", "--host=127.0.0.1", f"--port={port}", "--in-memory"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(url, 30, proc)
+        previous = os.environ.get("STORAGE_EMULATOR_HOST")
+        os.environ["STORAGE_EMULATOR_HOST"] = url
+        from components.common import storage
+
+        storage.gcs_client.cache_clear()
+        yield url
+        if previous is None:
+            os.environ.pop("STORAGE_EMULATOR_HOST", None)
+        else:
+            os.environ["STORAGE_EMULATOR_HOST"] = previous
+        storage.gcs_client.cache_clear()
+    finally:
+        stop(proc)
+        log.close()
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, request) -> str:
+    """A fresh bucket on the emulator; yields ``gs://<bucket>``."""
+    from components.common import storage
+
+    name = "b-" + request.node.name.lower().replace("_", "-").replace("[", "-").replace("]", "")[:40]
+    name = name.rstrip("-") + f"-{time.monotonic_ns() % 100000}"
+    storage.gcs_client().create_bucket(name)
+    return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory) -> Iterator[str]:
+    """A real ``mlflow server`` with a sqlite store on 127.0.0.1; yields its URL."""
+    root = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    env = dict(os.environ, LITELLM_LOCAL_MODEL_COST_MAP="True")
+    log = open(root / "server.log", "wb")
+    proc = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+         "--artifacts-destination", str(root / "artifacts"), "--serve-artifacts",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/health", 120, proc)
+        yield url
+    finally:
+        stop(proc)
+        log.close()
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory) -> Path:
+    """A small synthetic Amazon-2018 catalog (meta.json.gz, reviews.json.gz)."""
+    from components.ingest.demo_data import write_demo_data
+
+    out = tmp_path_factory.mktemp("demo-data")
+    write_demo_data(str(out), n_items=200, n_users=400, seed=3)
+    return out
+
+
+@pytest.fixture(scope="session")
+def office_pack() -> Path:
+    """The shared real Office release pack; the test skips when ../shared is absent."""
+    path = SHARED / "data" / "amazon18-office"
+    if not (path / "item.json").is_file():
+        pytest.skip("../shared/data/amazon18-office is not present")
+    return path
