@@ -30,3 +30,15 @@ def test_tiny_backbone_roundtrip_with_sid_tokens(tmp_path):
     assert chat == "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
     out_ids = model2.generate(torch.tensor([ids]), max_new_tokens=3, do_sample=False)
     assert out_ids.shape[1] == len(ids) + 3
+
+
+def test_prompts_render_through_the_chat_template(tmp_path):
+    from components.common import prompts
+
+    out = modeling.build_tiny_backbone(tmp_path / "tiny", ["some text"] * 10, vocab_size=300)
+    _, tok = modeling.load_causal_lm(out)
+    text = prompts.render_prompt(tok, prompts.reasoning_messages(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]))
+    assert text.startswith("<|im_start|>system\n" + prompts.REASONING_SYSTEM)
+    assert "items <a_1><b_2><c_3>, <a_4><b_5><c_6>. Can you recommend" in text
+    assert text.endswith("<|im_start|>assistant\n")
+    assert prompts.think_block(" because pens \n") == "<think>\nbecause pens\n</think>\n\n"
