@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import secrets
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,8 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
                raise_on_error=True)
+    # The stage images exist only on a cluster; locally this interpreter has the same packages.
+    warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
     record: dict[str, Any] = {
         "run_id": run_key, "profile": profile, "status": "running",
         "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id},
