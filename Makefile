@@ -40,7 +40,7 @@ bench: install
 
 # Re-pin every transitive dependency after a change to pyproject.toml.
 lock: install
-	{ head -2 $(LOCK); $(BIN)/pip freeze --exclude-editable | grep -v '^sidreasoner'; } > $(LOCK).new
+	{ head -2 $(LOCK); $(BIN)/pip freeze --exclude-editable | grep -v "^sidreasoner\|^# Editable"; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
 
 clean:

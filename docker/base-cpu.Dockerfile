@@ -6,7 +6,6 @@ ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     LITELLM_LOCAL_MODEL_COST_MAP=True \
-    TOKENIZERS_PARALLELISM=false \
     DS_BUILD_OPS=0
 
 # Exact versions of every dependency (pip freeze of the CPU venv); torch's CPU wheel index.
@@ -18,8 +17,7 @@ RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -r /tmp/l
 COPY pyproject.toml README.md /opt/sidreasoner/
 COPY components /opt/sidreasoner/components
 COPY pipeline /opt/sidreasoner/pipeline
-RUN pip install --no-deps /opt/sidreasoner
-
-RUN useradd --create-home --uid 1000 sidreasoner
-USER sidreasoner
+RUN pip install --no-deps /opt/sidreasoner \
+    && useradd --create-home --uid 1000 sidreasoner
+USER 1000:1000
 WORKDIR /home/sidreasoner
