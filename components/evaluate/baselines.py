@@ -117,6 +117,17 @@ class SasrecBaseline:
         self.cfg, self.seed = cfg, seed
 
     def fit(self, train: pd.DataFrame, valid: pd.DataFrame, catalog_items: Sequence[str]) -> dict:
+        """Train on ``train`` (early stopping on ``valid``); returns training facts for the stats."""
+        threads = torch.get_num_threads()
+        # the steps are tiny (hidden 32, length 10): intra-op threads cost more than they gain,
+        # and on a shared machine they thrash
+        torch.set_num_threads(1)
+        try:
+            return self._fit(train, valid, catalog_items)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, train: pd.DataFrame, valid: pd.DataFrame, catalog_items: Sequence[str]) -> dict:
         cfg = self.cfg
         vocab = sorted(set(catalog_items) | set(train["target"]) | {i for h in train["history"] for i in h})
         self.index = {item: i + 1 for i, item in enumerate(vocab)}

@@ -163,7 +163,10 @@ def render_report(metrics: pd.DataFrame, predictions: pd.DataFrame, stats: dict[
     facts = [("catalog items", stats.get("catalog_items")), ("SID levels", stats.get("sid_levels")),
              ("beam width", stats.get("beam_width")), ("engine", stats.get("engine")),
              ("rows per split", stats.get("rows_per_split")), ("model", stats.get("model_uri"))]
-    fact_html = "".join(f"<tr><th class='l'>{html.escape(k)}</th><td class='l'>{html.escape(str(v))}</td></tr>"
+    def shown(value: Any) -> str:
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) if isinstance(value, dict) else str(value)
+
+    fact_html = "".join(f"<tr><th class='l'>{html.escape(k)}</th><td class='l'>{html.escape(shown(v))}</td></tr>"
                         for k, v in facts if v is not None)
     examples = [_user_html(predictions[predictions["row"] == row], titles, history_sids, top)
                 for row in pick_examples(predictions, main_model, users)]
