@@ -240,16 +240,19 @@ class SidTrie:
         width = width or self.vocab_size
         if width < self.vocab_size:
             raise ValueError(f"mask width {width} is below the trie's vocabulary size {self.vocab_size}")
-        tokens, valid = self.allowed_tokens(nodes, depth)
-        mask = torch.zeros(nodes.shape[0], width + 1, dtype=torch.bool, device=self.device)
+        # beams share prefixes (every row shares the root at depth 0): build one mask row per
+        # distinct node, then expand it to the rows with one gather
+        distinct, inverse = torch.unique(nodes.to(self.device), return_inverse=True)
+        tokens, valid = self.allowed_tokens(distinct, depth)
+        mask = torch.zeros(distinct.shape[0], width + 1, dtype=torch.bool, device=self.device)
         # padding slots write into the spare last column, which is dropped
         mask.scatter_(1, torch.where(valid, tokens, torch.full_like(tokens, width)), True)
-        return mask[:, :width]
+        return mask[inverse, :width]
 
     def mask_scores(self, scores: torch.Tensor, nodes: torch.Tensor, depth: int) -> torch.Tensor:
         """``scores`` (``R x V``) with every token the trie forbids set to ``-inf``."""
         mask = self.allowed_mask(nodes, depth, scores.shape[-1]).to(scores.device)
-        return scores.masked_fill(~mask, NEG_INF)
+        return torch.where(mask, scores, torch.tensor(NEG_INF, dtype=scores.dtype, device=scores.device))
 
     def label_of(self, leaves: torch.Tensor) -> list[str | None]:
         """SID strings of depth-``depth`` leaf nodes (``None`` for dead rows)."""
