@@ -171,3 +171,16 @@ def test_component_compiles_with_typed_artifacts(tmp_path):
                        ("metrics", "system.Dataset"), ("stats", "system.Artifact")):
         assert name in spec and kind in spec
     assert "registry/evaluate:tag" in spec
+
+
+def test_cli_help_and_table_from_an_arrow_table(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        STAGE.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--sid-map" in capsys.readouterr().out
+    metrics = pa.table({"model": ["popularity", "sidreasoner"], "mode": ["direct", "direct"],
+                        "split": ["test", "test"], "k": [5, 5], "hr": [0.25, 0.5], "ndcg": [0.125, 0.3],
+                        "valid_rate": [1.0, 1.0], "n": [4, 4], "latency_ms": [0.1, 12.0]})
+    lines = format_metrics_table(metrics).splitlines()
+    assert lines[2].split() == ["sidreasoner", "direct", "test", "4", "0.5000", "0.3000", "100.0%", "12.0"]
+    assert lines[3].split()[0] == "popularity"
