@@ -44,7 +44,8 @@ class SasrecConfig(Section):
     """Most training epochs."""
     patience: int = Field(20, ge=0)
     """Stop after this many epochs without a better valid-split NDCG@10 (0: never; the best
-    epoch's weights are kept). Without valid rows every epoch runs."""
+    epoch's weights are kept). Without valid rows every epoch runs. When ``evaluate.splits``
+    includes valid, SASRec's valid-split metrics are therefore optimistic."""
     max_valid_rows: int = Field(2000, ge=1)
     """Valid-split rows scored after each epoch for early stopping."""
 

@@ -210,7 +210,9 @@ def run_shard(job: ShardJob) -> dict[str, list[Decoded]]:
     if cfg.engine == "vllm":
         if cfg.shards > 1:  # one GPU per shard process, chosen before vLLM initialises CUDA
             os.environ["CUDA_VISIBLE_DEVICES"] = str(job.shard)
-        decoder: Any = VllmDecoder(job.model_dir, job.catalog_sids, cfg, Path(job.workdir), job.seed)
+        workdir = Path(job.workdir) / f"shard-{job.shard}"  # each engine process loads its own trie file
+        workdir.mkdir(parents=True, exist_ok=True)
+        decoder: Any = VllmDecoder(job.model_dir, job.catalog_sids, cfg, workdir, job.seed)
     else:
         torch.manual_seed(job.seed)
         decoder = TransformersDecoder(job.model_dir, job.catalog_sids, cfg, resolve_device(cfg, job.shard))

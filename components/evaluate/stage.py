@@ -164,7 +164,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
     predictions = scored.drop(columns=["beams", "valid_beams"])
     stats: dict[str, Any] = {
         "model_uri": str(inputs["model"]), "catalog_items": len(catalog.sids), "sid_levels": catalog.levels,
-        "rows_per_split": rows["split"].value_counts().to_dict(), "beam_width": cfg.beam_width, "ks": ks,
+        "rows_per_split": {str(k): int(v) for k, v in rows["split"].value_counts().items()}, "beam_width": cfg.beam_width, "ks": ks,
         "engine": cfg.engine, "shards": cfg.shards, "modes": list(cfg.modes),
         "targets_outside_catalog": int((~rows["target"].isin(set(catalog.item_ids))).sum()),
         "decoding": _decoding_stats(decoded, valid_counts), "baselines": baseline_info,
