@@ -3,8 +3,11 @@ arguments (vLLM itself only runs in the GPU image)."""
 
 from __future__ import annotations
 
+import importlib
+
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 from components.common import prompts
 from components.common.config import parse_section
@@ -36,7 +39,7 @@ def _histories(eval_inputs, n):
 def test_thinking_mode_closes_a_cut_think_block(eval_inputs, monkeypatch):
     cfg = parse_section(EvaluateConfig, {"max_reasoning_tokens": 3, "beam_width": 4}, "evaluate")
     histories, sids = _histories(eval_inputs, 2)
-    decoder = TransformersDecoder(eval_inputs.model, sids, cfg, __import__("torch").device("cpu"))
+    decoder = TransformersDecoder(eval_inputs.model, sids, cfg, torch.device("cpu"))
     seen = []
     beam = decoder.beam
     monkeypatch.setattr(decoder, "beam", lambda texts: seen.extend(texts) or beam(texts))
@@ -69,4 +72,4 @@ def test_vllm_engine_arguments():
     assert kwargs["max_logprobs"] == 50 and kwargs["gpu_memory_utilization"] == 0.7
     assert kwargs["dtype"] == "bfloat16" and kwargs["max_model_len"] == 2048
     module, name = VLLM_PROCESSOR_FQCN.split(":")
-    assert hasattr(__import__(module, fromlist=[name]), name)
+    assert hasattr(importlib.import_module(module), name)

@@ -3,10 +3,12 @@ report, and the kfp component."""
 
 from __future__ import annotations
 
+import base64
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from pathlib import Path
 
-import base64
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -92,6 +94,13 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
     assert parser.hits == int((shown["rank"] < 10).sum())  # every hit of a shown user is marked
     text = "".join(parser.text)
     assert "sasrec" in text and "popularity" in text and "History" in text
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser:  # render it in a real headless browser too when one is installed
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                              Path(outputs["report"]).resolve().as_uri()], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        assert "Sample users" in dom and dom.count("<h3>") == 3 and "data:image/png;base64," in dom
 
     table = format_metrics_table(metrics)
     assert table.splitlines()[0].split()[:4] == ["model", "mode", "split", "n"]
