@@ -102,11 +102,9 @@ def build_tiny_backbone(out: str | Path, texts: Iterable[str], *, vocab_size: in
     return Path(out)
 
 
-def load_causal_lm(uri: str | Path, cache_dir: str | Path | None = None, **model_kwargs: Any):
-    """(model, tokenizer) from a ``save_pretrained`` folder, local or ``gs://`` (downloaded once
-    into ``cache_dir`` keyed by the folder's digest)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def local_model_dir(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """A local ``save_pretrained`` folder for ``uri``: the path itself, or for ``gs://`` a copy
+    downloaded once into ``cache_dir`` keyed by the folder's digest."""
     uri = str(uri)
     if storage.is_gcs(uri):
         cache = Path(cache_dir or Path.home() / ".cache" / "sidreasoner" / "models")
@@ -118,6 +116,15 @@ def load_causal_lm(uri: str | Path, cache_dir: str | Path | None = None, **model
     path = Path(uri)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{uri}: not a save_pretrained model folder (no config.json)")
+    return path
+
+
+def load_causal_lm(uri: str | Path, cache_dir: str | Path | None = None, **model_kwargs: Any):
+    """(model, tokenizer) from a ``save_pretrained`` folder, local or ``gs://`` (downloaded once
+    into ``cache_dir`` keyed by the folder's digest)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = local_model_dir(uri, cache_dir)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, **model_kwargs)
     return model, tokenizer

@@ -1,0 +1,212 @@
+"""Baselines scored on the same rows as the model: popularity and SASRec.
+
+Both rank the full catalog (the non-retired SID map items), like the constrained decoder, and
+learn from the train split only.
+
+* Popularity: items ranked by how often they are the target of a train sample (ties by item
+  id), the same list for every user.
+* SASRec (Kang & McAuley 2018), compact: item + position embeddings, causal self-attention
+  blocks, trained with BCE on every position against one random negative item, Adam; the
+  paper's settings (hidden 32, dropout 0.3, lr 1e-3) are the config defaults. Early stopping on
+  the valid split's NDCG@10 when it has rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from components.common.logs import Progress
+from components.evaluate.config import SasrecConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Ranking:
+    """Top items per evaluated row (best first) with their scores."""
+
+    items: list[list[str]]
+    scores: list[list[float]]
+    info: dict = field(default_factory=dict)
+
+
+def popularity(train: pd.DataFrame, catalog_items: Sequence[str], n_rows: int, top: int) -> Ranking:
+    """The most frequent train targets among the catalog, the same list for all ``n_rows``."""
+    counts = Counter(train["target"])
+    ranked = sorted(catalog_items, key=lambda item: (-counts.get(item, 0), item))[:top]
+    scores = [float(counts.get(item, 0)) for item in ranked]
+    return Ranking(items=[list(ranked)] * n_rows, scores=[scores] * n_rows,
+                   info={"train_targets": int(len(train)), "distinct_train_targets": len(counts)})
+
+
+class _Block(nn.Module):
+    def __init__(self, hidden: int, heads: int, dropout: float):
+        super().__init__()
+        self.attn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.attn = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.ffn_norm = nn.LayerNorm(hidden, eps=1e-8)
+        self.ffn = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Dropout(dropout),
+                                 nn.Linear(hidden, hidden), nn.Dropout(dropout))
+
+    def forward(self, x: torch.Tensor, causal: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        query = self.attn_norm(x)
+        attended, _ = self.attn(query, x, x, attn_mask=causal, need_weights=False)
+        x = query + attended  # SASRec's residual on the normalised query
+        x = x + self.ffn(self.ffn_norm(x))
+        return x * keep
+
+
+class SASRec(nn.Module):
+    """Self-attentive sequential recommender; item 0 is padding."""
+
+    def __init__(self, n_items: int, cfg: SasrecConfig):
+        super().__init__()
+        self.hidden = cfg.hidden_size
+        self.items = nn.Embedding(n_items + 1, cfg.hidden_size, padding_idx=0)
+        self.positions = nn.Embedding(cfg.max_len, cfg.hidden_size)
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(_Block(cfg.hidden_size, cfg.num_heads, cfg.dropout)
+                                    for _ in range(cfg.num_layers))
+        self.norm = nn.LayerNorm(cfg.hidden_size, eps=1e-8)
+        for name, param in self.named_parameters():  # Xavier init, as the reference implementation
+            if param.dim() > 1:
+                nn.init.xavier_normal_(param)
+        with torch.no_grad():
+            self.items.weight[0].zero_()
+
+    def forward(self, seqs: torch.Tensor) -> torch.Tensor:
+        """(B, T) left-padded item indices -> (B, T, hidden) states."""
+        length = seqs.shape[1]
+        positions = torch.arange(length, device=seqs.device)
+        x = self.items(seqs) * math.sqrt(self.hidden) + self.positions(positions)[None]
+        keep = (seqs > 0).unsqueeze(-1).to(x.dtype)
+        x = self.dropout(x) * keep
+        causal = torch.ones(length, length, dtype=torch.bool, device=seqs.device).triu(1)
+        for block in self.blocks:
+            x = block(x, causal, keep)
+        return self.norm(x)
+
+    def last_scores(self, seqs: torch.Tensor) -> torch.Tensor:
+        """Scores of every item (column 0 = padding) after the last position."""
+        return self(seqs)[:, -1] @ self.items.weight.T
+
+
+def _left_pad(sequences: Sequence[Sequence[int]], length: int) -> np.ndarray:
+    out = np.zeros((len(sequences), length), dtype=np.int64)
+    for r, seq in enumerate(sequences):
+        seq = list(seq)[-length:]
+        if seq:
+            out[r, length - len(seq):] = seq
+    return out
+
+
+class SasrecBaseline:
+    """Train SASRec on the train split, then rank the catalog for evaluation rows."""
+
+    def __init__(self, cfg: SasrecConfig, seed: int):
+        self.cfg, self.seed = cfg, seed
+
+    def fit(self, train: pd.DataFrame, valid: pd.DataFrame, catalog_items: Sequence[str]) -> dict:
+        """Train on ``train`` (early stopping on ``valid``); returns training facts for the stats."""
+        threads = torch.get_num_threads()
+        # the steps are tiny (hidden 32, length 10): intra-op threads cost more than they gain,
+        # and on a shared machine they thrash
+        torch.set_num_threads(1)
+        try:
+            return self._fit(train, valid, catalog_items)
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit(self, train: pd.DataFrame, valid: pd.DataFrame, catalog_items: Sequence[str]) -> dict:
+        cfg = self.cfg
+        vocab = sorted(set(catalog_items) | set(train["target"]) | {i for h in train["history"] for i in h})
+        self.index = {item: i + 1 for i, item in enumerate(vocab)}
+        self.vocab = vocab
+        catalog_index = torch.tensor(sorted(self.index[i] for i in catalog_items))
+        self.catalog_mask = torch.zeros(len(vocab) + 1, dtype=torch.bool)
+        self.catalog_mask[catalog_index] = True
+        torch.manual_seed(self.seed)
+        rng = np.random.default_rng(self.seed)
+        full = [[self.index[i] for i in h] + [self.index[t]] for h, t in zip(train["history"], train["target"])]
+        full = [seq[-(cfg.max_len + 1):] for seq in full]
+        inputs = torch.from_numpy(_left_pad([s[:-1] for s in full], cfg.max_len))
+        targets = torch.from_numpy(_left_pad([s[1:] for s in full], cfg.max_len))
+        self.model = SASRec(len(vocab), cfg)
+        optimizer = torch.optim.Adam(self.model.parameters(), lr=cfg.learning_rate, betas=(0.9, 0.98))
+        loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
+        valid = valid.head(cfg.max_valid_rows)
+        best, best_state, best_epoch, stale, epoch, loss_value = -1.0, None, 0, 0, 0, float("nan")
+        progress = Progress(log, "SASRec training", total=cfg.epochs, unit="epochs", every=30.0)
+        for epoch in range(1, cfg.epochs + 1):
+            self.model.train()
+            order = torch.from_numpy(rng.permutation(len(inputs)))
+            total, count = 0.0, 0
+            for start in range(0, len(order), cfg.batch_size):
+                batch = order[start:start + cfg.batch_size]
+                seq, pos = inputs[batch], targets[batch]
+                neg = torch.from_numpy(rng.integers(1, len(vocab) + 1, size=tuple(pos.shape)))
+                neg = torch.where(neg == pos, neg % len(vocab) + 1, neg)  # one negative, never the positive
+                states = self.model(seq)
+                pos_logits = (states * self.model.items(pos)).sum(-1)
+                neg_logits = (states * self.model.items(neg)).sum(-1)
+                real = pos > 0
+                loss = (loss_fn(pos_logits[real], torch.ones_like(pos_logits[real]))
+                        + loss_fn(neg_logits[real], torch.zeros_like(neg_logits[real]))) / real.sum().clamp(min=1)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total, count = total + loss.item() * int(real.sum()), count + int(real.sum())
+            loss_value = total / max(count, 1)
+            progress.update()
+            if valid.empty:
+                continue
+            ndcg = self._valid_ndcg(valid)
+            if ndcg > best:
+                best, best_state, best_epoch, stale = ndcg, copy.deepcopy(self.model.state_dict()), epoch, 0
+            else:
+                stale += 1
+                if cfg.patience and stale >= cfg.patience:
+                    break
+        progress.close()
+        if best_state is not None:
+            self.model.load_state_dict(best_state)
+        self.model.eval()
+        info = {"epochs_run": epoch, "best_epoch": best_epoch or epoch, "final_train_loss": loss_value,
+                "best_valid_ndcg_at_10": best if best >= 0 else None, "train_sequences": int(len(inputs)),
+                "items": len(vocab)}
+        log.info("SASRec: %s", info)
+        return info
+
+    def _encode(self, histories: Sequence[Sequence[str]]) -> torch.Tensor:
+        return torch.from_numpy(_left_pad([[self.index[i] for i in h if i in self.index] for h in histories],
+                                          self.cfg.max_len))
+
+    @torch.no_grad()
+    def _valid_ndcg(self, valid: pd.DataFrame) -> float:
+        self.model.eval()
+        ranking = self.rank(valid["history"].tolist(), 10)
+        gains = [1.0 / math.log2(items.index(t) + 2) if t in items else 0.0
+                 for items, t in zip(ranking.items, valid["target"])]
+        return float(np.mean(gains))
+
+    @torch.no_grad()
+    def rank(self, histories: Sequence[Sequence[str]], top: int, batch_size: int = 512) -> Ranking:
+        """Top ``top`` catalog items after each history."""
+        items, scores = [], []
+        for start in range(0, len(histories), batch_size):
+            logits = self.model.last_scores(self._encode(histories[start:start + batch_size]))
+            logits[:, ~self.catalog_mask] = float("-inf")
+            values, index = logits.topk(min(top, int(self.catalog_mask.sum())), dim=-1)
+            items.extend([[self.vocab[i - 1] for i in row] for row in index.tolist()])
+            scores.extend(values.tolist())
+        return Ranking(items=items, scores=scores)

@@ -1,0 +1,145 @@
+"""Config section ``evaluate``: decoding modes, beam width and K, engine and sharding, baselines.
+
+Defaults are the paper's evaluation (RECIPE.md section 6): full-catalog trie-constrained beam
+search with 10 beams, HR/NDCG at K in {1, 3, 5, 10}, greedy reasoning of at most 1,024 tokens in
+thinking mode, and SASRec with hidden size 32, dropout 0.3, BCE with one negative, Adam 1e-3.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from components.common.config import Section
+
+Mode = Literal["direct", "thinking"]
+Baseline = Literal["popularity", "sasrec"]
+
+#: K always reported, and the larger K reported when the beam is wide enough.
+BASE_KS = (1, 3, 5, 10)
+WIDE_KS = (20, 50)
+MAX_BEAM_WIDTH = 50
+
+
+class SasrecConfig(Section):
+    """The SASRec baseline (a compact self-attentive sequential recommender), trained on the
+    train split only."""
+
+    hidden_size: int = Field(32, ge=1)
+    """Embedding and hidden size (paper: 32)."""
+    num_layers: int = Field(2, ge=1)
+    """Self-attention blocks."""
+    num_heads: int = Field(1, ge=1)
+    """Attention heads (must divide hidden_size)."""
+    dropout: float = Field(0.3, ge=0.0, lt=1.0)
+    """Dropout rate (paper: 0.3)."""
+    max_len: int = Field(10, ge=1)
+    """Longest input sequence (the preprocessing's max history, 10 in the recipe)."""
+    learning_rate: float = Field(1e-3, gt=0)
+    """Adam learning rate (paper: 1e-3)."""
+    batch_size: int = Field(128, ge=1)
+    """Training sequences per step."""
+    epochs: int = Field(200, ge=1)
+    """Most training epochs."""
+    patience: int = Field(20, ge=0)
+    """Stop after this many epochs without a better valid-split NDCG@10 (0: never; the best
+    epoch's weights are kept). Without valid rows every epoch runs. When ``evaluate.splits``
+    includes valid, SASRec's valid-split metrics are therefore optimistic."""
+    max_valid_rows: int = Field(2000, ge=1)
+    """Valid-split rows scored after each epoch for early stopping."""
+
+    @model_validator(mode="after")
+    def _heads(self) -> SasrecConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"num_heads {self.num_heads} must divide hidden_size {self.hidden_size}")
+        return self
+
+
+class VllmSettings(Section):
+    """vLLM engine settings (``engine: vllm``, GPU image only)."""
+
+    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)
+    """Fraction of each GPU's memory vLLM may use (recipe: 0.8)."""
+    max_model_len: int = Field(2048, ge=64)
+    """Longest prompt + generation (recipe: 2048)."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs per model replica (the recipe's 1.7B model needs 1)."""
+    enforce_eager: bool = False
+    """Disable CUDA graphs (slower, less memory)."""
+
+
+class EvaluateConfig(Section):
+    """How the model under test is decoded and scored, and the baselines beside it."""
+
+    modes: list[Mode] = Field(default_factory=lambda: ["thinking", "direct"])
+    """direct: empty think block then constrained beam search over SIDs; thinking: greedy
+    reasoning until </think>, then the constrained beam search."""
+    splits: list[Literal["valid", "test"]] = Field(default_factory=lambda: ["test"])
+    """Sample splits evaluated (metrics per split, plus 'all' when there are several)."""
+    beam_width: int = Field(10, ge=1, le=MAX_BEAM_WIDTH)
+    """Beams of the constrained SID search = length of every ranked list (recipe: 10)."""
+    ks: list[int] | None = None
+    """Cut-offs of HR@K/NDCG@K. Unset: 1, 3, 5, 10, plus 20 and 50 when beam_width allows.
+    Every K must be <= beam_width."""
+    batch_size: int = Field(8, ge=1)
+    """Prompts per constrained beam search batch (recipe: 8 direct)."""
+    reasoning_batch_size: int = Field(4, ge=1)
+    """Prompts per greedy reasoning batch in thinking mode (recipe: 4)."""
+    max_reasoning_tokens: int = Field(1024, ge=1)
+    """Most reasoning tokens before the think block is cut and closed (recipe: 1024)."""
+    max_examples: int | None = Field(None, ge=1)
+    """Evaluate a seeded random subset of this many rows per split (the same rows for every
+    model); unset: all rows."""
+    model_name: str = Field("sidreasoner", pattern=r"^[A-Za-z0-9_.-]+$")
+    """Name of the model under test in the metrics' ``model`` column."""
+    engine: Literal["transformers", "vllm"] = "transformers"
+    """Decoding engine: transformers (CPU or GPU) or vLLM (GPU image; batch-level trie logits
+    processor, prefix caching)."""
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    """auto: CUDA when available, else CPU."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Model weights dtype (auto: the checkpoint's)."""
+    shards: int = Field(1, ge=1, le=64)
+    """Data-parallel shards: the rows are split into this many contiguous parts, each decoded
+    by its own process on its own GPU (cuda:i), then merged in order. 1 on CPU."""
+    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    baselines: list[Baseline] = Field(default_factory=lambda: ["popularity", "sasrec"])
+    """Baselines scored on the same rows."""
+    sasrec: SasrecConfig = Field(default_factory=SasrecConfig)
+    report_users: int = Field(6, ge=0)
+    """Sample users shown in the HTML report."""
+
+    @field_validator("modes", "splits", "baselines")
+    @classmethod
+    def _distinct(cls, value: list) -> list:
+        if len(set(value)) != len(value):
+            raise ValueError(f"must not repeat entries (got {value})")
+        return value
+
+    @field_validator("modes", "splits")
+    @classmethod
+    def _non_empty(cls, value: list) -> list:
+        if not value:
+            raise ValueError("must not be empty")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> EvaluateConfig:
+        if self.ks is not None:
+            if not self.ks or any(k < 1 for k in self.ks) or len(set(self.ks)) != len(self.ks):
+                raise ValueError(f"ks must be distinct positive cut-offs (got {self.ks})")
+            if max(self.ks) > self.beam_width:
+                raise ValueError(f"beam_width {self.beam_width} is below the largest K {max(self.ks)}: every "
+                                 "ranked list has beam_width items, so HR@K above it is undefined")
+        if self.engine == "vllm" and self.device == "cpu":
+            raise ValueError("engine vllm runs on CUDA only: set device to cuda or auto")
+        if self.shards > 1 and self.engine == "vllm" and self.vllm.tensor_parallel_size > 1:
+            raise ValueError("shards > 1 with vllm.tensor_parallel_size > 1 is not supported: use one or the other")
+        return self
+
+    def effective_ks(self) -> list[int]:
+        """The K reported, ascending."""
+        if self.ks is not None:
+            return sorted(self.ks)
+        return [k for k in (*BASE_KS, *WIDE_KS) if k <= self.beam_width]

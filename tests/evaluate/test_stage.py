@@ -1,0 +1,195 @@
+"""The evaluate stage end to end on the demo data with a tiny model, its bad-input errors, the
+report, and the kfp component."""
+
+from __future__ import annotations
+
+import base64
+import shutil
+import subprocess
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from components.common import modeling, storage
+from components.common.config import ConfigError, parse_section
+from components.common.constrained import MissingSidTokensError
+from components.common.stage import cli_context
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.data import EvaluationInputError
+from components.evaluate.report import format_metrics_table, pick_examples
+from components.evaluate.stage import STAGE
+from tests.evaluate.conftest import sid_map_table
+
+FAST = {"max_examples": 6, "beam_width": 10, "max_reasoning_tokens": 6, "batch_size": 4,
+        "reasoning_batch_size": 3, "report_users": 3, "sasrec": {"epochs": 2}}
+
+
+def run_stage(tmp_path: Path, inputs, overrides: dict | None = None, **replace: str):
+    cfg = parse_section(EvaluateConfig, {**FAST, **(overrides or {})}, "evaluate")
+    out = tmp_path / "out"
+    ctx = cli_context({"storage": {"cache_uri": str(tmp_path / "cache")}}, "test", "evaluate", str(out), None, "h")
+    uris = {"model": inputs.model, "sid_map": inputs.sid_map, "items": inputs.items, "samples": inputs.samples,
+            **replace}
+    outputs = {name: str(out / fname) for name, fname in STAGE.outputs.items()}
+    meta = STAGE.execute(cfg, ctx, uris, outputs)
+    return outputs, meta
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.imgs, self.hits, self.text = [], [], 0, []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(attrs["src"])
+        if tag == "li" and attrs.get("class") == "hit":
+            self.hits += 1
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_stage_end_to_end(eval_inputs, tmp_path):
+    outputs, meta = run_stage(tmp_path, eval_inputs)
+    metrics = pq.read_table(outputs["metrics"]).to_pandas()
+    assert set(metrics["model"]) == {"sidreasoner", "sasrec", "popularity"}
+    assert set(metrics[metrics["model"] == "sidreasoner"]["mode"]) == {"thinking", "direct"}
+    assert sorted(metrics["k"].unique()) == [1, 3, 5, 10]
+    assert set(metrics["split"]) == {"test"} and set(metrics["n"]) == {6}
+    assert (metrics["valid_rate"] == 1.0).all()
+    assert metrics["hr"].between(0, 1).all() and (metrics["ndcg"] <= metrics["hr"] + 1e-12).all()
+
+    predictions = pq.read_table(outputs["predictions"]).to_pandas()
+    sid_map = pq.read_table(eval_inputs.sid_map).to_pandas()
+    sid_of = dict(zip(sid_map["item_id"], sid_map["sid"]))
+    ours = predictions[predictions["model"] == "sidreasoner"]
+    assert len(ours) == 12 and meta["predictions"]["rows"] == 24
+    for row in ours.itertuples():
+        assert len(row.ranked_sids) == 10  # 10 beams, every one a catalog SID of its item
+        assert [sid_of[i] for i in row.ranked_items] == list(row.ranked_sids)
+        assert list(row.scores) == sorted(row.scores, reverse=True)
+        assert isinstance(row.reasoning, str) == (row.mode == "thinking")
+    # the same rows for every model
+    assert len({tuple(sorted(g["row"])) for _, g in predictions.groupby(["model", "mode"])}) == 1
+
+    stats = storage.read_json(outputs["stats"])
+    assert stats["decoding"]["direct"]["valid_rate"] == 1.0
+    assert 0 <= stats["decoding"]["thinking"]["reasoning_closed_rate"] <= 1
+    assert stats["baselines"]["sasrec"]["epochs_run"] == 2
+
+    page = Path(outputs["report"]).read_text()
+    parser = _Collect()
+    parser.feed(page)
+    assert parser.tags.count("table") >= 2 and parser.tags.count("h3") == 3
+    png = base64.b64decode(parser.imgs[0].removeprefix("data:image/png;base64,"))
+    assert png.startswith(b"\x89PNG")
+    assert not any(src.startswith("http") for src in parser.imgs)  # self-contained
+    shown = predictions[predictions["row"].isin(pick_examples(predictions, "sidreasoner", 3))]
+    assert parser.hits == int((shown["rank"] < 10).sum())  # every hit of a shown user is marked
+    text = "".join(parser.text)
+    assert "sasrec" in text and "popularity" in text and "History" in text
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser:  # render it in a real headless browser too when one is installed
+        dom = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                              Path(outputs["report"]).resolve().as_uri()], capture_output=True, text=True,
+                             timeout=120, check=True).stdout
+        assert "Sample users" in dom and dom.count("<h3>") == 3 and "data:image/png;base64," in dom
+
+    table = format_metrics_table(metrics)
+    assert table.splitlines()[0].split()[:4] == ["model", "mode", "split", "n"]
+    assert table.splitlines()[2].startswith("sidreasoner  thinking")
+
+
+def test_wider_beam_reports_more_k_and_both_splits(eval_inputs, tmp_path):
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"beam_width": 20, "modes": ["direct"], "max_examples": 3,
+                                                   "splits": ["valid", "test"], "baselines": ["popularity"]})
+    metrics = pq.read_table(outputs["metrics"]).to_pandas()
+    assert sorted(metrics["k"].unique()) == [1, 3, 5, 10, 20]
+    assert set(metrics["split"]) == {"valid", "test", "all"}
+    assert metrics[metrics["split"] == "all"]["n"].iloc[0] == 6
+
+
+def test_beam_below_largest_k_is_a_config_error():
+    with pytest.raises(ConfigError, match="beam_width 5 is below the largest K 10"):
+        parse_section(EvaluateConfig, {"beam_width": 5, "ks": [1, 5, 10]}, "evaluate")
+    with pytest.raises(ConfigError, match="beam_width"):
+        parse_section(EvaluateConfig, {"beam_width": 51}, "evaluate")
+    assert parse_section(EvaluateConfig, {"beam_width": 50}, "evaluate").effective_ks() == [1, 3, 5, 10, 20, 50]
+    assert parse_section(EvaluateConfig, {"beam_width": 5}, "evaluate").effective_ks() == [1, 3, 5]
+    with pytest.raises(ConfigError, match="CUDA only"):
+        parse_section(EvaluateConfig, {"engine": "vllm", "device": "cpu"}, "evaluate")
+
+
+def test_checkpoint_lacking_sid_tokens_fails_before_decoding(eval_inputs, tmp_path):
+    plain = modeling.build_tiny_backbone(tmp_path / "plain", ["pens and paper"] * 10, vocab_size=280)
+    with pytest.raises(MissingSidTokensError, match="lacks"):
+        run_stage(tmp_path, eval_inputs, model=str(plain))
+    assert not (tmp_path / "out" / "metrics.parquet").exists()
+
+
+def test_empty_test_split_fails(eval_inputs, tmp_path):
+    samples = pq.read_table(eval_inputs.samples)
+    no_test = samples.filter(pa.compute.not_equal(samples["split"], "test"))
+    pq.write_table(no_test, tmp_path / "samples.parquet")
+    with pytest.raises(EvaluationInputError, match="'test' split is empty"):
+        run_stage(tmp_path, eval_inputs, samples=str(tmp_path / "samples.parquet"))
+
+
+def test_collided_sids_and_missing_columns_fail(eval_inputs, tmp_path):
+    table = pq.read_table(eval_inputs.sid_map)
+    sids = table["sid"].to_pylist()
+    codes = table["codes"].to_pylist()
+    sids[1], codes[1] = sids[0], codes[0]
+    collided = table.set_column(2, "sid", pa.array(sids)).set_column(1, "codes", pa.array(codes, pa.list_(pa.int32())))
+    pq.write_table(collided, tmp_path / "collided.parquet")
+    with pytest.raises(EvaluationInputError, match="is shared by items"):
+        run_stage(tmp_path, eval_inputs, sid_map=str(tmp_path / "collided.parquet"))
+    pq.write_table(table.drop(["status"]), tmp_path / "nostatus.parquet")
+    with pytest.raises(EvaluationInputError, match=r"missing column\(s\) \['status'\]"):
+        run_stage(tmp_path, eval_inputs, sid_map=str(tmp_path / "nostatus.parquet"))
+
+
+def test_retired_items_leave_the_catalog_but_stay_in_histories(eval_inputs, tmp_path):
+    samples = pq.read_table(eval_inputs.samples).to_pandas()
+    first_history_item = samples[samples["split"] == "test"]["history"].iloc[0][0]
+    items = pq.read_table(eval_inputs.sid_map)["item_id"].to_pylist()
+    pq.write_table(sid_map_table(items, {first_history_item: "retired"}), tmp_path / "sid_map.parquet")
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"modes": ["direct"], "baselines": ["popularity"]},
+                           sid_map=str(tmp_path / "sid_map.parquet"))
+    predictions = pq.read_table(outputs["predictions"]).to_pandas()
+    assert not any(first_history_item in ranked for ranked in predictions["ranked_items"])
+    assert storage.read_json(outputs["stats"])["catalog_items"] == len(items) - 1
+
+
+def test_component_compiles_with_typed_artifacts(tmp_path):
+    from kfp import compiler
+
+    from components.evaluate import component
+
+    path = tmp_path / "evaluate.yaml"
+    compiler.Compiler().compile(component.build("registry/evaluate:tag"), str(path))
+    spec = path.read_text()
+    for name, kind in (("model", "system.Model"), ("sid_map", "system.Dataset"), ("report", "system.HTML"),
+                       ("metrics", "system.Dataset"), ("stats", "system.Artifact")):
+        assert name in spec and kind in spec
+    assert "registry/evaluate:tag" in spec
+
+
+def test_cli_help_and_table_from_an_arrow_table(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        STAGE.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "--sid-map" in capsys.readouterr().out
+    metrics = pa.table({"model": ["popularity", "sidreasoner"], "mode": ["direct", "direct"],
+                        "split": ["test", "test"], "k": [5, 5], "hr": [0.25, 0.5], "ndcg": [0.125, 0.3],
+                        "valid_rate": [1.0, 1.0], "n": [4, 4], "latency_ms": [0.1, 12.0]})
+    lines = format_metrics_table(metrics).splitlines()
+    assert lines[2].split() == ["sidreasoner", "direct", "test", "4", "0.5000", "0.3000", "100.0%", "12.0"]
+    assert lines[3].split()[0] == "popularity"
