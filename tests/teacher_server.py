@@ -8,9 +8,11 @@ hit the next requests in arrival order:
 
 * ``429``: status 429 with ``Retry-After``; ``500`` / ``503``: a server error;
 * ``slow``: the normal answer, but only after ``delay`` seconds (past the client's timeout);
-* ``malformed``: status 200 with a body that is not JSON; ``empty``: 200 with an empty message.
+* ``malformed``: status 200 with a body that is not JSON; ``empty``: 200 with an empty message;
+* ``400``: the request is refused (e.g. too long); ``401``: the API key is refused.
 
-Every request is recorded (messages, fault, Authorization header). ``GET /stats`` returns the
+Every request is recorded (messages, fault, Authorization header, arrival time), and so is the
+largest number of requests in flight at once. ``GET /stats`` returns the
 counts, so a process that runs the server in a subprocess (``python -m tests.teacher_server``)
 can check them.
 """
@@ -31,7 +33,7 @@ from typing import Any
 from components.common.sid import find_sids
 
 Responder = Callable[[list[dict[str, str]]], str | None]
-FAULTS = ("429", "500", "503", "slow", "malformed", "empty")
+FAULTS = ("429", "500", "503", "slow", "malformed", "empty", "400", "401")
 
 FILLER = ("This answer comes from the local test teacher. It is deliberately long enough to pass the "
           "length checks of every enrichment step, and it names items only by their codes.")
@@ -54,6 +56,8 @@ class Request:
     fault: str | None
     authorization: str | None
     body: dict[str, Any]
+    received: float
+    """time.monotonic() at arrival."""
 
 
 class TeacherServer:
@@ -64,6 +68,7 @@ class TeacherServer:
         self.requests: list[Request] = []
         self._faults: deque[tuple[str, dict[str, Any]]] = deque()
         self._lock = threading.Lock()
+        self.in_flight = self.max_in_flight = 0
         teacher = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -93,6 +98,13 @@ class TeacherServer:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fault, opts = teacher._record(body, self.headers.get("Authorization"))
+                try:
+                    self._answer(body, fault, opts)
+                finally:
+                    with teacher._lock:
+                        teacher.in_flight -= 1
+
+            def _answer(self, body: dict[str, Any], fault: str | None, opts: dict[str, Any]) -> None:
                 time.sleep(teacher.latency)
                 if fault == "429":
                     self._send(429, b'{"error": {"message": "rate limited (injected)", "type": "rate_limit"}}',
@@ -100,6 +112,12 @@ class TeacherServer:
                     return
                 if fault in ("500", "503"):
                     self._send(int(fault), b'{"error": {"message": "server error (injected)"}}')
+                    return
+                if fault == "400":
+                    self._send(400, b'{"error": {"message": "request refused (injected)", "type": "invalid_request_error"}}')
+                    return
+                if fault == "401":
+                    self._send(401, b'{"error": {"message": "invalid api key (injected)", "type": "invalid_request_error"}}')
                     return
                 if fault == "malformed":
                     self._send(200, b'{"id": "x", "choices": [ this is not json')
@@ -140,7 +158,10 @@ class TeacherServer:
     def _record(self, body: dict[str, Any], authorization: str | None) -> tuple[str | None, dict[str, Any]]:
         with self._lock:
             fault, opts = self._faults.popleft() if self._faults else (None, {})
-            self.requests.append(Request(len(self.requests), body.get("messages", []), fault, authorization, body))
+            self.requests.append(Request(len(self.requests), body.get("messages", []), fault, authorization, body,
+                                         time.monotonic()))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
         return fault, opts
 
     def counts(self) -> dict[str, Any]:

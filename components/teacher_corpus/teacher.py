@@ -207,7 +207,7 @@ def classify(exc: BaseException) -> str | None:
     litellm = _litellm()
     if isinstance(exc, MalformedResponse):
         return "malformed"
-    if isinstance(exc, (litellm.Timeout, TimeoutError)):
+    if isinstance(exc, (litellm.Timeout, TimeoutError)) or getattr(exc, "status_code", None) == 408:
         return "timeout"
     if isinstance(exc, litellm.RateLimitError) or getattr(exc, "status_code", None) == 429:
         return "rate_limited"
@@ -307,10 +307,11 @@ class TeacherClient:
         for retry in range(self.cfg.max_retries + 1):
             reservation = self._reserve(prompt_chars)
             try:
-                await self._wait_turn()
-                started = time.monotonic()
                 async with self._semaphore():
+                    await self._wait_turn()  # inside the slot: a 429 seen meanwhile pauses this request too
+                    self._reserved["requests"] -= reservation.pop("requests")  # now counted as sent
                     self.stats.requests += 1
+                    started = time.monotonic()
                     response = await self._send(messages)
                 latency = time.monotonic() - started
                 text, tokens_in, tokens_out = self._parse(response, prompt_chars)
@@ -388,14 +389,20 @@ class TeacherClient:
         return delay
 
     def _not_retryable(self, exc: BaseException) -> Exception:
+        """The error to raise for ``exc``. The HTTP status decides first: litellm picks its
+        exception class partly from the error text (a 401 can arrive as a BadRequestError)."""
         litellm = self._litellm
         message = redact(str(exc))[:300]
-        if isinstance(exc, litellm.BadRequestError) and not isinstance(exc, litellm.PaymentRequiredError):
-            self.stats.rejected_requests += 1
-            return RequestRejected(message)
-        if isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
-            return TeacherError(f"the teacher refused the API key from ${self.cfg.api_key_env}: {message}")
-        if isinstance(exc, litellm.NotFoundError):
+        status = getattr(exc, "status_code", None)
+        if status in (401, 403) or isinstance(exc, (litellm.AuthenticationError, litellm.PermissionDeniedError)):
+            return TeacherError(f"the teacher refused the API key from ${self.cfg.api_key_env} "
+                                f"(HTTP {status}): {message}")
+        if status == 404 or isinstance(exc, litellm.NotFoundError):
             return TeacherError(f"teacher model {self.cfg.model!r} not found at "
                                 f"{self.cfg.api_base or 'the provider'}: {message}")
-        return TeacherError(f"teacher request failed ({type(exc).__name__}): {message}")
+        if status == 402 or isinstance(exc, litellm.PaymentRequiredError):
+            return TeacherError(f"the teacher account cannot pay for requests (HTTP 402): {message}")
+        if status in (400, 413, 422) or isinstance(exc, litellm.BadRequestError):
+            self.stats.rejected_requests += 1
+            return RequestRejected(message)
+        return TeacherError(f"teacher request failed ({type(exc).__name__}, HTTP {status}): {message}")

@@ -16,12 +16,13 @@ CATEGORIES = ["Pens", "Paper", "Binders", "Labels"]
 BRANDS = ["Acme", "Papyra", "Inkwell"]
 
 
-def sid_map_table(item_ids: list[str], statuses: dict[str, str] | None = None, sizes=(4, 8, 8)) -> pa.Table:
-    """Unique SIDs by enumeration (item k -> its k-th code tuple), status ``active`` unless given."""
+def sid_map_table(item_ids: list[str], statuses: dict[str, str] | None = None, sizes=(8, 8)) -> pa.Table:
+    """Unique SIDs by enumeration (item k -> its k-th code tuple over last-level codebook
+    ``sizes``), status ``active`` unless given."""
     statuses = statuses or {}
     rows = []
     for k, item_id in enumerate(item_ids):
-        codes = [k // (sizes[1] * sizes[2]) % sizes[0], k // sizes[2] % sizes[1], k % sizes[2]]
+        codes = [k // (sizes[0] * sizes[1]), k // sizes[1] % sizes[0], k % sizes[1]]
         rows.append({"item_id": item_id, "codes": codes, "sid": format_sid(codes),
                      "status": statuses.get(item_id, "active")})
     schema = pa.schema([("item_id", pa.string()), ("codes", pa.list_(pa.int32())), ("sid", pa.string()),
@@ -90,3 +91,44 @@ def context(tmp: Path, tracking_uri: str | None = None, run_key: str = "cli-test
 def outputs(root: Path) -> dict[str, str]:
     return {"corpus": str(root / "corpus.parquet"), "reasoning": str(root / "reasoning.parquet"),
             "stats": str(root / "stats.json")}
+
+
+class RecordingTracker:
+    """Stands in for the MLflow stage run in tests that call ``stage.run`` directly."""
+
+    def __init__(self):
+        self.params: dict = {}
+        self.metrics: list[dict] = []
+        self.dicts: dict[str, object] = {}
+        self.tags: dict = {}
+
+    def log_params(self, params):
+        self.params.update(params)
+
+    def log_metrics(self, metrics, step=None):
+        self.metrics.append(dict(metrics))
+
+    def log_dict(self, obj, artifact_file):
+        self.dicts[artifact_file] = obj
+
+    def set_tags(self, tags):
+        self.tags.update(tags)
+
+    def log_dataset(self, *args, **kwargs):
+        pass
+
+    def log_artifact(self, *args, **kwargs):
+        pass
+
+
+API_KEY_ENV = "TEACHER_TEST_API_KEY"
+API_KEY = "sk-test-0123456789-do-not-leak"
+
+
+def teacher_section(url: str, **overrides) -> dict:
+    """A litellm teacher section for the local server, with short timeouts and back-offs."""
+    section = {"backend": "litellm", "model": "openai/teacher", "api_base": url, "api_key_env": API_KEY_ENV,
+               "concurrency": 4, "timeout_s": 1.0, "max_retries": 4, "backoff_initial_s": 0.02,
+               "backoff_max_s": 0.1}
+    section.update(overrides)
+    return section
