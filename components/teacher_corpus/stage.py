@@ -38,7 +38,7 @@ from components.teacher_corpus.enrich import (
 )
 from components.teacher_corpus.schema import CORPUS_SCHEMA, REASONING_SCHEMA, to_table
 from components.teacher_corpus.tasks import build_tasks, items_in_scope
-from components.teacher_corpus.teacher import TeacherClient, TeacherError, resolve_api_key
+from components.teacher_corpus.teacher import Accounting, TeacherClient, TeacherError, resolve_api_key
 from components.teacher_corpus.templates import load_templates
 
 log = logging.getLogger(__name__)
@@ -129,8 +129,7 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
     tracker.log_dict({"backend": writer.source, "model": writer.model, "records": result.review},
                      "teacher_samples.json")
     log.info("corpus: %d rows %s; reasoning: %d rows; teacher: %s", corpus.num_rows, dict(tasks),
-             reasoning.num_rows, {k: teacher_stats[k] for k in ("requests", "cache_hits", "retries_total")}
-             if teacher_stats else "offline")
+             reasoning.num_rows, {k: teacher_stats[k] for k in ("backend", "requests", "cache_hits", "retries_total")})
     return {
         "corpus": {"digest": digests["corpus"], "rows": corpus.num_rows},
         "reasoning": {"digest": digests["reasoning"], "rows": reasoning.num_rows},
@@ -138,13 +137,16 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
     }
 
 
-def _log_teacher(tracker: StageRun, client: TeacherClient | None, seconds: float) -> dict[str, Any] | None:
-    """The teacher's accounting (also logged as MLflow metrics, even when the stage then fails)."""
+def _log_teacher(tracker: StageRun, client: TeacherClient | None, seconds: float) -> dict[str, Any]:
+    """The teacher's accounting (also logged as MLflow metrics, even when the stage then fails).
+    The offline writer makes no request and spends nothing: its accounting is all zeros."""
     if client is None:
-        return None
-    stats = {"backend": "litellm", "model": client.cfg.model, **client.stats.as_dict(client.pricing.known),
-             "seconds": round(seconds, 3),
-             "requests_per_s": round(client.stats.requests / seconds, 3) if seconds > 0 else None}
+        stats = {"backend": "offline", "model": None, "writer": offline.VERSION,
+                 **Accounting().as_dict(cost_known=True), "seconds": round(seconds, 3), "requests_per_s": None}
+    else:
+        stats = {"backend": "litellm", "model": client.cfg.model, **client.stats.as_dict(client.pricing.known),
+                 "seconds": round(seconds, 3),
+                 "requests_per_s": round(client.stats.requests / seconds, 3) if seconds > 0 else None}
     tracker.log_metrics({"teacher": stats})
     return stats
 

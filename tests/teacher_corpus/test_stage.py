@@ -224,3 +224,18 @@ def test_killed_run_restarts_without_duplicate_calls(tmp_path, api_key):
     assert stats["teacher"]["cache_hits"] == len(done_before) and stats["teacher"]["requests"] == len(second)
     assert stats["enrichment"]["items"]["narratives"] == 14 and stats["reasoning"]["rows"] == 4
     assert API_KEY not in log_path.read_text()
+
+
+def test_offline_backend_needs_no_api_and_marks_its_rows(tmp_path, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    paths = _inputs(tmp_path)
+    out = outputs(tmp_path / "out")
+    tracker = RecordingTracker()
+    run(config(teacher={"backend": "offline"}, enrichment={"users": 2}), context(tmp_path), paths, out, tracker)
+    stats = json.loads(Path(out["stats"]).read_text())
+    assert stats["teacher"]["backend"] == "offline" and stats["teacher"]["requests"] == 0
+    assert stats["corpus"]["sources"] == {"offline": 14 + 2, "template": 14 * 2 + 16 * 4}
+    reasoning = pq.read_table(out["reasoning"]).to_pylist()
+    assert len(reasoning) == 2 and {r["source"] for r in reasoning} == {"offline"}
+    assert tracker.params == {"offline_writer": "offline-v1"}
+    assert not (tmp_path / "cache").exists()  # nothing to cache
