@@ -186,6 +186,7 @@ def _retry_after(exc: BaseException) -> float | None:
         headers = getattr(getattr(exc, "response", None), "headers", None)
     if not headers:
         return None
+    headers = {str(k).lower(): v for k, v in headers.items()}
     value = headers.get("retry-after-ms")
     if value is not None:
         try:
@@ -198,8 +199,11 @@ def _retry_after(exc: BaseException) -> float | None:
     try:
         return max(0.0, float(value))
     except ValueError:
-        parsed = email.utils.parsedate_to_datetime(value) if value else None
-        return max(0.0, parsed.timestamp() - time.time()) if parsed else None
+        pass
+    try:  # the HTTP-date form
+        return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 def classify(exc: BaseException) -> str | None:
@@ -317,7 +321,7 @@ class TeacherClient:
                 text, tokens_in, tokens_out = self._parse(response, prompt_chars)
             except BaseException as exc:
                 self._release(reservation)
-                if isinstance(exc, asyncio.CancelledError):
+                if not isinstance(exc, Exception):  # cancellation, KeyboardInterrupt, SystemExit
                     raise
                 cause = classify(exc)
                 if cause is None:

@@ -185,7 +185,7 @@ def _cached_prompts(cache: Path) -> set[str]:
     return {json.dumps(json.loads(p.read_text())["messages"]) for p in cache.rglob("*.json")}
 
 
-def test_killed_run_restarts_without_duplicate_calls(tmp_path, api_key):
+def test_killed_run_restarts_without_duplicate_calls(tmp_path, api_key, mlflow_server):
     paths = _inputs(tmp_path)
     profile = tmp_path / "profile.yaml"
     with TeacherServer(latency=0.1) as server:
@@ -196,7 +196,7 @@ def test_killed_run_restarts_without_duplicate_calls(tmp_path, api_key):
         }))
         command = [sys.executable, "-m", "components.teacher_corpus", "--config", str(profile),
                    "--items", paths["items"], "--samples", paths["samples"], "--sid-map", paths["sid_map"],
-                   "--out", str(tmp_path / "out")]
+                   "--out", str(tmp_path / "out"), "--tracking-uri", mlflow_server]
         env = dict(os.environ, PYTHONPATH=str(REPO))
         log_path = tmp_path / "stage.log"
         with open(log_path, "wb") as log:

@@ -181,3 +181,20 @@ def test_gcs_cache_resumes_with_zero_calls(teacher, api_key, gcs_bucket):
     second = _client(teacher.url, root)
     assert _complete_all(second, _prompts(5)) == texts
     assert second.stats.requests == 0 and second.stats.cache_hits == 5 and len(teacher.requests) == 5
+
+
+def test_retry_after_header_forms():
+    import datetime as dt
+    import email.utils
+
+    from components.teacher_corpus.teacher import _retry_after
+
+    class Limited(Exception):
+        def __init__(self, headers):
+            self.litellm_response_headers = headers
+
+    assert _retry_after(Limited({"Retry-After": "2.5"})) == 2.5
+    assert _retry_after(Limited({"retry-after-ms": "1500", "retry-after": "9"})) == 1.5
+    when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
+    assert 20 < _retry_after(Limited({"retry-after": email.utils.format_datetime(when, usegmt=True)})) <= 30
+    assert _retry_after(Limited({})) is None and _retry_after(Limited({"retry-after": "soon"})) is None
