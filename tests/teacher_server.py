@@ -9,7 +9,8 @@ hit the next requests in arrival order:
 * ``429``: status 429 with ``Retry-After``; ``500`` / ``503``: a server error;
 * ``slow``: the normal answer, but only after ``delay`` seconds (past the client's timeout);
 * ``malformed``: status 200 with a body that is not JSON; ``empty``: 200 with an empty message;
-* ``400``: the request is refused (e.g. too long); ``401``: the API key is refused.
+* ``400``: the request is refused (e.g. too long); ``401``: the API key is refused (and
+  quoted in the error message, as some providers do).
 
 Every request is recorded (messages, fault, Authorization header, arrival time), and so is the
 largest number of requests in flight at once. ``GET /stats`` returns the
@@ -116,8 +117,10 @@ class TeacherServer:
                 if fault == "400":
                     self._send(400, b'{"error": {"message": "request refused (injected)", "type": "invalid_request_error"}}')
                     return
-                if fault == "401":
-                    self._send(401, b'{"error": {"message": "invalid api key (injected)", "type": "invalid_request_error"}}')
+                if fault == "401":  # like providers that quote the key they refuse
+                    token = (self.headers.get("Authorization") or "").removeprefix("Bearer ")
+                    self._send(401, json.dumps({"error": {"message": f"Incorrect API key provided: {token}",
+                                                          "type": "invalid_request_error"}}).encode())
                     return
                 if fault == "malformed":
                     self._send(200, b'{"id": "x", "choices": [ this is not json')

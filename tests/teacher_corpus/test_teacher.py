@@ -90,6 +90,21 @@ def test_refused_key_is_fatal_and_never_shown(teacher, api_key, tmp_path, caplog
     assert API_KEY not in str(info.value) and API_KEY not in caplog.text  # ... and never shown
 
 
+def test_key_quoted_by_the_provider_is_redacted_whatever_its_variable_name(teacher, tmp_path, monkeypatch,
+                                                                           caplog):
+    import secrets
+
+    caplog.set_level(logging.DEBUG)
+    key = f"sk-quoted-{secrets.token_hex(8)}"  # fresh: never registered by an earlier test
+    monkeypatch.setenv("LLM_ACCESS", key)  # a name the generic redaction would not recognise
+    teacher.inject("401")
+    client = _client(teacher.url, str(tmp_path), api_key_env="LLM_ACCESS")
+    with pytest.raises(TeacherError, match=r"Incorrect API key provided: \*\*\*") as info:
+        _complete_all(client, _prompts(1))
+    assert teacher.requests[0].authorization == f"Bearer {key}"
+    assert key not in str(info.value) and key not in caplog.text
+
+
 def test_refused_request_is_dropped_not_retried(teacher, api_key, tmp_path):
     teacher.inject("400", count=1)
     client = _client(teacher.url, str(tmp_path), concurrency=1)
