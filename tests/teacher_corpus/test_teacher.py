@@ -116,17 +116,21 @@ def test_refused_request_is_dropped_not_retried(teacher, api_key, tmp_path):
 def test_concurrency_is_bounded(api_key, tmp_path):
     from tests.teacher_server import TeacherServer
 
-    with TeacherServer(latency=0.05) as server:
+    with TeacherServer(latency=0.2) as server:
         client = _client(server.url, str(tmp_path), concurrency=3)
-        _complete_all(client, _prompts(20))
+        _complete_all(client, _prompts(12))
     assert server.max_in_flight == 3
 
 
 def test_requests_per_minute_spaces_request_starts(teacher, api_key, tmp_path):
+    import time
+
     client = _client(teacher.url, str(tmp_path), concurrency=8, requests_per_minute=600)  # one per 0.1 s
+    before = time.monotonic()
     _complete_all(client, _prompts(5))
     starts = sorted(r.received for r in teacher.requests)
-    assert all(b - a >= 0.09 for a, b in zip(starts, starts[1:]))
+    # the k-th request cannot start before its slot, k * 0.1 s after the first (arrivals may jitter later)
+    assert all(start - before >= k * 0.1 for k, start in enumerate(starts))
 
 
 def test_request_budget_stops_new_requests(teacher, api_key, tmp_path):
