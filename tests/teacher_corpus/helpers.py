@@ -128,7 +128,7 @@ API_KEY = "sk-test-0123456789-do-not-leak"
 def teacher_section(url: str, **overrides) -> dict:
     """A litellm teacher section for the local server, with short timeouts and back-offs."""
     section = {"backend": "litellm", "model": "openai/teacher", "api_base": url, "api_key_env": API_KEY_ENV,
-               "concurrency": 4, "timeout_s": 1.0, "max_retries": 4, "backoff_initial_s": 0.02,
+               "concurrency": 4, "timeout_s": 10.0, "max_retries": 4, "backoff_initial_s": 0.02,
                "backoff_max_s": 0.1}
     section.update(overrides)
     return section

@@ -80,8 +80,8 @@ def test_faults_and_bad_outputs_end_to_end(tmp_path, api_key, mlflow_server, cap
         server.inject("429", 2, retry_after=0.05)
         server.inject("500", 2)
         server.inject("malformed", 1)
-        server.inject("slow", 1, delay=2.0)
-        cfg = config(teacher=teacher_section(server.url, timeout_s=0.5))
+        server.inject("slow", 1, delay=4.0)
+        cfg = config(teacher=teacher_section(server.url, timeout_s=1.5))
         STAGE.execute(cfg, context(tmp_path, tracking_uri=mlflow_server, run_key="kfp-teacher-e2e"), paths, out)
         requests = list(server.requests)
 

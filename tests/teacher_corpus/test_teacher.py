@@ -47,13 +47,13 @@ def _complete_all(client: TeacherClient, prompts) -> list[str]:
     ("429", "rate_limited", {"retry_after": 0.05}),
     ("500", "server_error", {}),
     ("503", "server_error", {}),
-    ("slow", "timeout", {"delay": 2.0}),
+    ("slow", "timeout", {"delay": 4.0}),
     ("malformed", "malformed", {}),
     ("empty", "malformed", {}),
 ])
 def test_each_fault_is_retried_and_nothing_is_lost(teacher, api_key, tmp_path, fault, cause, options):
     teacher.inject(fault, count=2, **options)
-    client = _client(teacher.url, str(tmp_path), timeout_s=0.5)
+    client = _client(teacher.url, str(tmp_path), timeout_s=1.5 if fault == "slow" else 10.0)
     texts = _complete_all(client, _prompts(6))
     assert len(texts) == 6 and all(t.startswith("This answer comes from") for t in texts)
     assert client.stats.retries[cause] == 2 and sum(client.stats.retries.values()) == 2
