@@ -154,8 +154,9 @@ class BudgetConfig(Section):
     max_requests: int | None = Field(None, ge=1)
     """Most teacher requests (retries included); null: unlimited."""
     max_tokens: int | None = Field(None, ge=1)
-    """Most tokens (prompt + completion). Each request reserves its prompt estimate plus
-    ``teacher.max_tokens`` before it is sent, so the limit is never overshot."""
+    """Most tokens (prompt + completion). Each request reserves its prompt estimate (one token
+    per 3 characters) plus ``teacher.max_tokens`` before it is sent, so requests in flight do
+    not overshoot the limit."""
     max_cost_usd: float | None = Field(None, gt=0)
     """Most estimated spend in USD (needs a price: litellm's cost map or ``teacher.price``).
     Reserved like ``max_tokens``."""
