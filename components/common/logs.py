@@ -16,10 +16,22 @@ _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECA
 _MIN_SECRET_LEN = 6
 
 
+_REGISTERED: set[str] = set()
+
+
+def register_secret(value: str) -> None:
+    """Redact ``value`` too, whatever the name of the variable it came from (e.g. an API key
+    read from an environment variable named in config)."""
+    if len(value) >= _MIN_SECRET_LEN:
+        _REGISTERED.add(value)
+
+
 def secret_values() -> list[str]:
-    """Values of environment variables whose name looks secret (API keys, tokens)."""
+    """Values of environment variables whose name looks secret (API keys, tokens), and the
+    values passed to :func:`register_secret`."""
     return sorted(
-        {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN},
+        {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN}
+        | _REGISTERED,
         key=len,
         reverse=True,
     )

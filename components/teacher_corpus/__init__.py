@@ -1,0 +1,1 @@
+"""Teacher corpus: the SID-language alignment corpus (deterministic tasks + teacher enrichment)."""
