@@ -176,7 +176,8 @@ def cmd_tiny_backbone(args: argparse.Namespace) -> int:
         added = 0
         if args.sid_map:
             extended = Path(tmp) / "with-sids"
-            added, _ = extend_with_sids(model_dir, extended, read_catalog(args.sid_map).tokens, Path(tmp) / "dl")
+            added, _ = extend_with_sids(model_dir, extended, read_catalog(args.sid_map).tokens, Path(tmp) / "dl",
+                                        args.seed)
             shutil.rmtree(model_dir)
             model_dir = extended
         storage.copy(str(model_dir), args.out)

@@ -51,11 +51,15 @@ def check_backbone_uri(uri: str, key: str) -> None:
         raise ConfigError(f"{key}: {exc}") from None
 
 
-def extend_with_sids(source: str | Path, out: Path, tokens: Sequence[str], cache_dir: Path) -> tuple[int, list[int]]:
-    """Load ``source``, add the SID ``tokens`` (normal tokens, mean-resized embeddings), save to
-    ``out``; returns (tokens added, ids of the added tokens)."""
+def extend_with_sids(source: str | Path, out: Path, tokens: Sequence[str], cache_dir: Path,
+                     seed: int = 0) -> tuple[int, list[int]]:
+    """Load ``source``, add the SID ``tokens`` (normal tokens, mean-resized embeddings drawn
+    with ``seed``), save to ``out``; returns (tokens added, ids of the added tokens)."""
+    import torch
+
     model, tokenizer = modeling.load_causal_lm(source, cache_dir=cache_dir)
     before = len(tokenizer)
+    torch.manual_seed(seed)
     added = modeling.add_sid_tokens(model, tokenizer, tokens)
     new_ids = list(range(before, len(tokenizer)))
     modeling.save_backbone(model, tokenizer, out)

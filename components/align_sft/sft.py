@@ -53,6 +53,10 @@ def run_sft(*, stage: str, cfg: SFTSettings, ctx: StageContext, tracker: StageRu
         base = work / "base"
         extra = prepare_base(base)
         train, evaluation = encode(AutoTokenizer.from_pretrained(base))
+        for name, encoded in (("training", train), ("evaluation", evaluation)):
+            if encoded is not None and encoded.truncated:
+                log.warning("%s: %d of %d %s examples are longer than max_length=%d and lose their start",
+                            stage, sum(encoded.truncated.values()), sum(encoded.rows.values()), name, cfg.max_length)
         train.dataset().save_to_disk(str(work / "train"))
         if evaluation is not None:
             evaluation.dataset().save_to_disk(str(work / "eval"))

@@ -52,7 +52,7 @@ def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
                                 **cfg.backbone.tiny.model_dump())
         else:
             source = cfg.backbone.uri
-        _, new_ids = backbone.extend_with_sids(source, out, catalog.tokens, out.parent / "download")
+        _, new_ids = backbone.extend_with_sids(source, out, catalog.tokens, out.parent / "download", ctx.seed)
         return {"new_token_ids": new_ids, "new_token_warmup_steps": cfg.backbone.new_token_warmup_steps}
 
     def encode(tokenizer):

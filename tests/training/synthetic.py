@@ -93,3 +93,22 @@ def write_synthetic(out: Path, n_items: int = N_ITEMS, n_users: int = 12, histor
     storage.write_parquet(pa.Table.from_pylist(corpus, schema=corpus_schema), paths["corpus"])
     storage.write_parquet(pa.Table.from_pylist(reasoning), paths["reasoning"])
     return paths
+
+
+def write_reasoning(path: Path, n: int, targets: list[int], seed: int = 0) -> str:
+    """A reasoning Parquet whose reasoning is just "ok": a format a tiny model learns fast.
+
+    Each row's target is drawn from ``targets`` (item indices); histories are random.
+    """
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for k in range(n):
+        history = [rng.randrange(N_ITEMS) for _ in range(2)]
+        target = rng.choice(targets)
+        rows.append({"user_id": f"U{k}", "history_item_ids": [f"I{i}" for i in history],
+                     "history_sids": [item_sid(i) for i in history], "reasoning": "ok",
+                     "target_item_id": f"I{target}", "target_sid": item_sid(target), "source": "offline"})
+    storage.write_parquet(pa.Table.from_pylist(rows), path)
+    return str(path)
