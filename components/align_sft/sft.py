@@ -138,6 +138,7 @@ def train_sft(job: training.TrainJob) -> None:
         callbacks.append(NewTokenWarmup(model, payload["new_token_ids"], payload["new_token_warmup_steps"]))
     trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation if evaluate else None,
                          processing_class=tokenizer, callbacks=callbacks)
+    resumed_from = training.resumed_step(job)  # read now: the checkpoint may be rotated away while training
     trainer.train(resume_from_checkpoint=job.resume_from)
     training.save_trained_model(trainer, job, payload["sid_vocab"])
-    training.write_result(job, trainer, training.resumed_step(job))
+    training.write_result(job, trainer, resumed_from)

@@ -11,7 +11,6 @@ length per step.
 from __future__ import annotations
 
 import csv
-import logging
 import random
 import tempfile
 from collections.abc import Mapping
@@ -28,7 +27,6 @@ from components.grpo.config import GRPOStageConfig
 from components.grpo.rollout import plan_rollouts, vllm_server
 from components.grpo.train import ENTRY
 
-log = logging.getLogger(__name__)
 
 NAME = "grpo"
 
@@ -69,9 +67,6 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
                           f"SIDs have {catalog.levels} levels")
     backbone.check_model_vocabulary(inputs["reasoning_model"], catalog, "input reasoning_model")
     rows = data.read_reasoning(inputs["reasoning"], catalog)
-    if len(rows) < cfg.prompts_per_step:
-        log.warning("grpo: %d prompts, fewer than the %d prompts of one step: the step reuses them",
-                    len(rows), cfg.prompts_per_step)
     digests = {name: storage.digest(uri) for name, uri in inputs.items()}
 
     def prepare(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -82,9 +77,11 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
         storage.copy(inputs["reasoning_model"], str(base))
         columns, data_stats = prompt_rows(AutoTokenizer.from_pretrained(base), rows, cfg.rollout.max_prompt_length,
                                           cfg.max_prompts, ctx.seed)
-        if not columns["prompt"]:
-            raise data.InputError(f"reasoning {inputs['reasoning']}: every prompt is longer than "
-                                  f"{NAME}.rollout.max_prompt_length ({cfg.rollout.max_prompt_length} tokens)")
+        if len(columns["prompt"]) < cfg.prompts_per_step:  # TRL drops incomplete generation batches
+            raise data.InputError(
+                f"reasoning {inputs['reasoning']}: {len(columns['prompt'])} usable prompt(s) "
+                f"({data_stats['dropped_overlong']} longer than {NAME}.rollout.max_prompt_length), fewer than the "
+                f"{cfg.prompts_per_step} prompts of one step ({NAME}.rollout_batch_size / num_generations)")
         Dataset.from_dict(columns).save_to_disk(str(work / "prompts"))
         payload = {"config": cfg.model_dump(mode="json"), "base_model": str(base), "prompts": str(work / "prompts"),
                    "catalog": sorted(catalog.sids), "sid_vocab": list(catalog.tokens),

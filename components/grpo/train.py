@@ -63,6 +63,7 @@ def train_grpo(job: training.TrainJob) -> None:
     trainer = GRPOTrainer(model=model, reward_funcs=rewards.funcs, args=args,
                           train_dataset=load_from_disk(payload["prompts"]), processing_class=tokenizer,
                           callbacks=standard_callbacks(job))
+    resumed_from = training.resumed_step(job)  # read now: the checkpoint may be rotated away while training
     trainer.train(resume_from_checkpoint=job.resume_from)
     training.save_trained_model(trainer, job, payload["sid_vocab"])
-    training.write_result(job, trainer, training.resumed_step(job))
+    training.write_result(job, trainer, resumed_from)
