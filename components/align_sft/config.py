@@ -57,10 +57,15 @@ class TinyBackboneConfig(Section):
     vocab_size: int = Field(2000, ge=300, le=200_000)
     """BPE vocabulary size before the SID tokens are added."""
     hidden_size: int = Field(64, ge=8)
+    """Model width."""
     intermediate_size: int = Field(128, ge=8)
+    """MLP width."""
     num_layers: int = Field(2, ge=1)
+    """Decoder layers."""
     num_heads: int = Field(4, ge=1)
+    """Attention heads."""
     num_kv_heads: int = Field(2, ge=1)
+    """Key/value heads (grouped-query attention)."""
     max_positions: int = Field(2048, ge=64)
     """Longest sequence the model accepts."""
 
@@ -95,9 +100,13 @@ class AlignSFTConfig(SFTSettings):
     """Stage 1: SFT of the backbone on the alignment corpus (RECIPE.md section 3)."""
 
     learning_rate: float = Field(3e-4, gt=0, le=1.0)
+    """Peak learning rate (AdamW), then linear decay (recipe: 3e-4)."""
     warmup_steps: int = Field(20, ge=0)
+    """Linear warmup steps (recipe: 20)."""
     num_train_epochs: float = Field(10.0, gt=0)
+    """At most this many epochs; early stopping usually ends sooner (recipe: 10)."""
     backbone: BackboneConfig
+    """The starting model."""
     tasks: list[str] | None = None
     """Corpus tasks to train on; null: every task in the corpus."""
     max_valid_samples: int | None = Field(None, ge=1)

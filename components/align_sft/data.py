@@ -140,7 +140,8 @@ def read_corpus(uri: str, catalog: Catalog, tasks: Sequence[str] | None = None) 
         where = f"corpus {uri} row {i} (task {row['task']!r})"
         messages = row["messages"] or []
         if row["loss"] == "response":
-            if not messages or messages[-1].get("role") != "assistant" or not (messages[-1].get("content") or "").strip():
+            last = messages[-1] if messages else {}
+            if last.get("role") != "assistant" or not (last.get("content") or "").strip():
                 raise InputError(f"{where}: a response row must end with a non-empty assistant message")
             if any(m.get("role") not in ("system", "user", "assistant") for m in messages):
                 raise InputError(f"{where}: roles must be system/user/assistant")
@@ -247,7 +248,8 @@ class Encoded:
                 "total_rows": sum(self.rows.values()), "total_tokens": sum(self.tokens.values())}
 
 
-def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str, supervise_end: bool) -> tuple[list[int], list[int]]:
+def encode_prompt_completion(tokenizer: Any, prompt: str, completion: str,
+                             supervise_end: bool) -> tuple[list[int], list[int]]:
     """``prompt`` unsupervised, ``completion`` supervised, then the end token (supervised if asked)."""
     prompt_ids = tokenizer(prompt)["input_ids"]
     completion_ids = tokenizer(completion, add_special_tokens=False)["input_ids"]

@@ -8,7 +8,6 @@ catalog), ``corpus``. Outputs: ``model`` (save_pretrained folder + sid_vocab.jso
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,6 @@ from components.align_sft.sft import run_sft
 from components.common import storage, training
 from components.common.lineage import StageRun
 from components.common.stage import Stage, StageContext
-
-log = logging.getLogger(__name__)
 
 NAME = "align_sft"
 

@@ -118,7 +118,9 @@ class TrainerSettings(Section):
     logging_steps: int = Field(10, ge=1)
     """Log (and send to MLflow) training metrics every this many steps."""
     launch: LaunchConfig = Field(default_factory=LaunchConfig)
+    """Processes and data parallelism on GPUs."""
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    """Preemption-safe checkpoints."""
     log_model_weights: bool = False
     """Also copy the weights into MLflow (mlflow.transformers flavor). Off: MLflow records the
     model as an external LoggedModel pointing at the output artifact (no second copy)."""
@@ -507,14 +509,14 @@ def numeric_logs(logs: Mapping[str, Any]) -> dict[str, float]:
 MODEL_REQUIREMENTS = ["torch==2.13.0", "transformers==5.17.0", "accelerate==1.15.0"]
 
 
-def log_model(*, run_id: str, name: str, model_dir: Path, model_uri: str, model_digest: str,
-              lineage: Mapping[str, str], params: Mapping[str, Any], metrics: Mapping[str, float],
-              weights: bool) -> str:
+def log_model(*, run_id: str, name: str, model_dir: Path | None, model_uri: str, model_digest: str,
+              lineage: Mapping[str, str], params: Mapping[str, Any], metrics: Mapping[str, float]) -> str:
     """Record the trained model in MLflow as a LoggedModel of the stage's run; returns its id.
 
     ``lineage`` maps input names (corpus, sid_map, base model ...) to content digests; they go
-    into the model's tags next to the output URI and digest. ``weights=True`` copies the model
-    into MLflow (transformers flavor); otherwise the LoggedModel points at ``model_uri``.
+    into the model's tags next to the output URI and digest. With a local ``model_dir`` the
+    weights are copied into MLflow (transformers flavor); otherwise the LoggedModel is external,
+    pointing at ``model_uri``.
     """
     from components.common.lineage import _mlflow
 
@@ -522,7 +524,7 @@ def log_model(*, run_id: str, name: str, model_dir: Path, model_uri: str, model_
     tags = {"sidreasoner.model_uri": model_uri, "sidreasoner.digest": model_digest,
             **{f"sidreasoner.lineage.{k}": v for k, v in lineage.items()}}
     flat_params = {k: (json.dumps(v) if isinstance(v, (dict, list)) else str(v)) for k, v in params.items()}
-    if weights:
+    if model_dir is not None:
         info = mlflow.transformers.log_model(
             transformers_model=str(model_dir), name=name, task="text-generation", tags=tags,
             params=flat_params, model_type="causal-lm", pip_requirements=MODEL_REQUIREMENTS)
@@ -535,7 +537,7 @@ def log_model(*, run_id: str, name: str, model_dir: Path, model_uri: str, model_
         mlflow.MlflowClient().log_batch(run_id, metrics=[
             mlflow.entities.Metric(key=k, value=v, timestamp=int(time.time() * 1000), step=0, model_id=model_id)
             for k, v in numeric.items()])
-    log.info("MLflow: logged model %s (%s) for %s", model_id, "weights" if weights else "external", model_uri)
+    log.info("MLflow: logged model %s (%s) for %s", model_id, "weights" if model_dir else "external", model_uri)
     return model_id
 
 
@@ -546,11 +548,11 @@ def finish_stage(stage: str, cfg: TrainerSettings, tracker: Any, outputs: Mappin
     ``stats``), and the model logged to MLflow with its lineage."""
     model_digest = storage.digest(outputs["model"])
     summary = numeric_logs(metrics if metrics is not None else stats)
-    with storage.local_copy(outputs["model"]) as model_dir:
+    with (storage.local_copy(outputs["model"]) if cfg.log_model_weights else contextlib.nullcontext()) as model_dir:
         stats["mlflow_model_id"] = log_model(
-            run_id=tracker.run_id, name=stage, model_dir=Path(model_dir), model_uri=outputs["model"],
+            run_id=tracker.run_id, name=stage, model_dir=model_dir, model_uri=outputs["model"],
             model_digest=model_digest, lineage=lineage, params={"stage": stage, "config": cfg.model_dump(mode="json")},
-            metrics=summary, weights=cfg.log_model_weights)
+            metrics=summary)
     stats["lineage"] = dict(lineage)
     stats_digest = storage.write_json(outputs["stats"], stats)
     tracker.log_metrics(summary)

@@ -61,7 +61,9 @@ class RolloutConfig(Section):
     vllm_server_timeout: float = Field(600.0, gt=0)
     """Seconds to wait for the server to come up."""
     temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of rollouts (recipe: 1.0)."""
     top_p: float = Field(1.0, gt=0, le=1.0)
+    """Nucleus sampling mass (recipe: 1, off)."""
     top_k: int = Field(0, ge=0)
     """0: no top-k filtering (the recipe's -1)."""
     max_prompt_length: int = Field(1024, ge=8)
@@ -82,13 +84,19 @@ class GRPOStageConfig(TrainerSettings):
     """Stage 2b: GRPO from the reasoning-activated model (RECIPE.md section 5)."""
 
     learning_rate: float = Field(5e-7, gt=0, le=1.0)
+    """AdamW learning rate (recipe: 5e-7)."""
     lr_scheduler_type: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "constant"
+    """Learning-rate schedule (recipe: constant, no warmup)."""
     weight_decay: float = Field(0.01, ge=0)
+    """AdamW weight decay (recipe: 0.01)."""
     num_train_epochs: float = Field(10.0, gt=0)
+    """Epochs over the prompts when max_steps is null (recipe: 10)."""
     max_steps: int | None = Field(100, ge=1)
+    """Optimizer steps (the recipe's evaluated checkpoint is global_step_100)."""
     per_device_batch_size: int = Field(16, ge=1)
     """Rollouts (completions) per process per forward/backward micro-batch."""
     logging_steps: int = Field(1, ge=1)
+    """Log every step: the per-step table needs each one."""
     num_generations: int = Field(16, ge=2)
     """Group size: rollouts per prompt."""
     rollout_batch_size: int = Field(4096, ge=2)
@@ -107,7 +115,9 @@ class GRPOStageConfig(TrainerSettings):
     max_prompts: int | None = Field(None, ge=1)
     """Cap on training prompts (a seeded sample); null: every reasoning row."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
+    """How rollouts are scored."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    """How and where rollouts are generated."""
 
     @model_validator(mode="after")
     def _batches(self) -> GRPOStageConfig:

@@ -7,14 +7,10 @@ in the step right after it was generated.
 
 from __future__ import annotations
 
-import logging
-
 from components.common import training
 from components.common.modeling import THINK_CLOSE, THINK_OPEN
 from components.grpo.config import GRPOStageConfig
 from components.grpo.rewards import build_reward_funcs
-
-log = logging.getLogger(__name__)
 
 ENTRY = "components.grpo.train:train_grpo"
 

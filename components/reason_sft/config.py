@@ -17,11 +17,17 @@ class ReasonSFTConfig(SFTSettings):
     """Stage 2a: SFT on ``<think>reasoning</think>`` + target SID, from the aligned model."""
 
     learning_rate: float = Field(1e-5, gt=0, le=1.0)
+    """Peak learning rate (AdamW), then linear decay (recipe: 1e-5)."""
     warmup_steps: int = Field(10, ge=0)
+    """Linear warmup steps (recipe: 10)."""
     num_train_epochs: float = Field(5.0, gt=0)
+    """At most this many epochs; early stopping usually ends sooner (recipe: 5)."""
     per_device_batch_size: int = Field(8, ge=1)
+    """Micro-batch per process (recipe: 8 x 4 GPUs x 32 accumulation = 1024)."""
     early_stopping_patience: int | None = Field(5, ge=1)
+    """Evaluations without a better loss before stopping (recipe: 5); null: off."""
     supervise_end_token: bool = True
+    """The end-of-turn token is in the loss (recipe: mask_eos=False)."""
     eval_fraction: float = Field(0.05, ge=0.0, lt=0.5)
     """Share of the reasoning rows held out (seeded) for the evaluation loss; 0 with
     eval_strategy 'no' trains on every row."""

@@ -20,7 +20,8 @@ def test_tiny_backbone_command(tmp_path, synthetic, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"out": str(out), "sid_tokens_added": 8}
     assert modeling.check_causal_lm(out) == "qwen3"
     model, tokenizer = modeling.load_causal_lm(out)
-    assert modeling.sid_vocabulary(out) == sorted(modeling.sid_vocabulary(out)) and len(modeling.sid_vocabulary(out)) == 8
+    vocabulary = modeling.sid_vocabulary(out)
+    assert vocabulary == sorted(vocabulary) and len(vocabulary) == 8
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     # SID tokens are atomic normal tokens; catalog words were learnt by the BPE merges
     assert tokenizer.tokenize("<a_1><b_2><c_1>") == ["<a_1>", "<b_2>", "<c_1>"]

@@ -77,7 +77,8 @@ BAD = [
 ]
 
 
-@pytest.mark.parametrize(("model", "values", "message"), BAD, ids=[f"{m.__name__}-{i}" for i, (m, _, _) in enumerate(BAD)])
+@pytest.mark.parametrize(("model", "values", "message"), BAD,
+                         ids=[f"{m.__name__}-{i}" for i, (m, _, _) in enumerate(BAD)])
 def test_impossible_values_are_rejected(model, values, message):
     with pytest.raises(ConfigError, match=message):
         parse_section(model, values, "section")

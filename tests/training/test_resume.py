@@ -87,8 +87,8 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, synthetic, tracki
     values["checkpoint"]["local_dir"] = str(tmp_path / "scratch-2")
     cfg = parse_section(ALIGN.config, values, "align_sft")
     reference = {"model": str(tmp_path / "ref" / "model"), "stats": str(tmp_path / "ref" / "stats.json")}
-    ALIGN.execute(cfg, context(tmp_path, tracking_uri), {k: synthetic[k] for k in ("items", "samples", "sid_map", "corpus")},
-                  reference)
+    inputs = {k: synthetic[k] for k in ("items", "samples", "sid_map", "corpus")}
+    ALIGN.execute(cfg, context(tmp_path, tracking_uri), inputs, reference)
     resumed, uninterrupted = weights(out / "model"), weights(reference["model"])
     assert resumed.keys() == uninterrupted.keys()
     for name, tensor in uninterrupted.items():

@@ -21,7 +21,8 @@ def test_launch_command_is_a_valid_accelerate_launch():
     cmd = training.launch_command("/work/job.json", launch, num_processes=4, bf16=True)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     args = launch_command_parser().parse_args(cmd[3:])
-    assert (args.num_processes, args.num_machines, args.mixed_precision, args.main_process_port) == (4, 1, "bf16", 29555)
+    assert (args.num_processes, args.num_machines, args.mixed_precision, args.main_process_port) == \
+        (4, 1, "bf16", 29555)
     assert args.multi_gpu and args.module
     assert args.training_script == "components.common.training" and args.training_script_args == ["/work/job.json"]
     single = launch_command_parser().parse_args(training.launch_command("j.json", launch, 1, bf16=False)[3:])
