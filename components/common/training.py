@@ -21,7 +21,8 @@ The Trainer callbacks doing this live in ``components.common.trainer_callbacks``
 the training processes only: ``transformers`` is slow to import and config loading must not pay
 for it). ``<uri>/job.json`` holds the job's fingerprint (config + input digests) so a checkpoint of
 another job is never resumed by mistake, and ``<uri>/final`` the finished model, so a stage
-restarted after training (e.g. while publishing) does not train again.
+restarted after training (e.g. while publishing) does not train again. Once the model is
+published the checkpoints are deleted; ``final`` stays.
 """
 
 from __future__ import annotations
@@ -355,6 +356,12 @@ def publish_checkpoint(local: Path, uri: str, step: int, keep: int, best_step: i
     log.info("checkpoint %d published to %s in %.1fs", step, uri, time.monotonic() - start)
 
 
+def drop_checkpoints(uri: str) -> None:
+    """Delete every published checkpoint under ``uri`` (``final`` and ``job.json`` stay)."""
+    for step in complete_checkpoints(uri):
+        _delete_dir(storage.join(uri, f"checkpoint-{step}"))
+
+
 def claim_checkpoints(uri: str, fingerprint: str, stage: str) -> None:
     """Record (or check) which job the checkpoints under ``uri`` belong to."""
     marker = storage.join(uri, JOB_FILE)
@@ -490,6 +497,7 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
             result = run_job(job, work / JOB_FILE, cfg.launch, cfg.bf16, gpu_ids)
         publish_final(final, uri)
     storage.copy(str(final), output)
+    drop_checkpoints(uri)  # published: a retry reuses <uri>/final, the optimizer states can go
     shutil.rmtree(work, ignore_errors=True)
     stats["stage_seconds"] = time.monotonic() - start
     return stats, result

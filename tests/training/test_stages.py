@@ -110,6 +110,9 @@ def test_align_sft_trains_every_tensor_and_publishes_the_model(align, tiny_backb
     assert_model_folder(align["outputs"]["model"], sid_tokens(synthetic))
     stats = align["stats"]
     assert stats["global_step"] == 6 and stats["resumed_from_step"] is None
+    # published: the checkpoints are gone, the finished model stays for a retried task
+    assert storage.list_files(stats["checkpoint_uri"]) == [*(f"final/{f}" for f in storage.list_files(
+        storage.join(stats["checkpoint_uri"], "final"))), "job.json"]
     assert [step for step, _ in stats["eval_losses"]] == [3, 6]
     assert stats["best_eval_loss"] == min(loss for _, loss in stats["eval_losses"])
     assert stats["data"]["train"]["rows"] == {"title2sid": 16, "sid2title": 16, "item_narrative": 16, "sid2sid": 8}

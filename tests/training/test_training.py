@@ -160,6 +160,8 @@ def test_checkpoints_publish_prune_and_restore(tmp_path, remote):
     assert (resume / "optimizer.pt").read_bytes() == b"adam" * 20
     state = json.loads((resume / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] == str(restored_dir / "checkpoint-5")
+    training.drop_checkpoints(remote)
+    assert training.complete_checkpoints(remote) == [] and storage.list_files(remote) == []
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):
