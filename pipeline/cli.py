@@ -6,6 +6,7 @@
     sidreasoner submit   --config PROFILE --host URL [--experiment E]
     sidreasoner schedule --config PROFILE --host URL --cron "0 0 3 * * *"
     sidreasoner demo-data --out DIR [--items N --users N --seed S]
+    sidreasoner tiny-backbone --items URI [--corpus URI] [--sid-map URI] --out DIR [--vocab-size N ...]
 
 ``--config`` takes a path or the name of a profile in ``pipeline/configs/``. Every command
 validates the whole profile before doing anything else.
@@ -156,6 +157,34 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tiny_backbone(args: argparse.Namespace) -> int:
+    """An offline tiny Qwen3 backbone: tokenizer trained on the catalog (+ corpus) text."""
+    import shutil
+
+    from components.align_sft.backbone import build_tiny, extend_with_sids
+    from components.align_sft.config import TinyBackboneConfig
+    from components.align_sft.data import read_catalog
+    from components.common import storage
+    from components.common.config import parse_section
+
+    shape = parse_section(TinyBackboneConfig, {
+        "vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size,
+        "num_layers": args.layers, "num_heads": args.heads, "num_kv_heads": args.kv_heads,
+        "max_positions": args.max_positions}, "tiny-backbone")
+    with tempfile.TemporaryDirectory(prefix="sidreasoner-tiny-") as tmp:
+        model_dir = build_tiny(Path(tmp) / "tiny", args.items, args.corpus, seed=args.seed, **shape.model_dump())
+        added = 0
+        if args.sid_map:
+            extended = Path(tmp) / "with-sids"
+            added, _ = extend_with_sids(model_dir, extended, read_catalog(args.sid_map).tokens, Path(tmp) / "dl",
+                                        args.seed)
+            shutil.rmtree(model_dir)
+            model_dir = extended
+        storage.copy(str(model_dir), args.out)
+    print(json.dumps({"out": args.out, "sid_tokens_added": added}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidreasoner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -196,6 +225,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--users", type=int, default=800)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("tiny-backbone", help="build an offline tiny Qwen3 backbone from the catalog (+ corpus) text")
+    p.add_argument("--items", required=True, metavar="URI", help="items Parquet (tokenizer training text)")
+    p.add_argument("--corpus", metavar="URI", help="corpus Parquet (more tokenizer training text)")
+    p.add_argument("--sid-map", metavar="URI", help="sid_map Parquet: also add its SID tokens")
+    p.add_argument("--out", required=True, help="model folder to write (local or gs://)")
+    p.add_argument("--vocab-size", type=int, default=2000)
+    p.add_argument("--hidden-size", type=int, default=64)
+    p.add_argument("--intermediate-size", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--kv-heads", type=int, default=2)
+    p.add_argument("--max-positions", type=int, default=2048)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_tiny_backbone)
     return parser
 
 

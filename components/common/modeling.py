@@ -130,6 +130,40 @@ def load_causal_lm(uri: str | Path, cache_dir: str | Path | None = None, **model
     return model, tokenizer
 
 
+def check_causal_lm(uri: str | Path) -> str:
+    """Fail early, without loading weights, unless ``uri`` is a complete ``save_pretrained``
+    folder (local or ``gs://``) of a model type transformers can load as a causal LM.
+
+    Returns the model type. Raises FileNotFoundError / ValueError naming the URI.
+    """
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    uri = str(uri)
+    config_uri = storage.join(uri, "config.json")
+    if storage.is_gcs(uri):
+        if not storage.exists(storage.join(uri, storage.MANIFEST)):
+            raise FileNotFoundError(f"{uri}: no complete model folder there (no {storage.MANIFEST}; upload it "
+                                    "with the storage helpers, or check the URI)")
+    elif not Path(uri).is_dir():
+        raise FileNotFoundError(f"{uri}: model folder does not exist")
+    try:
+        config = storage.read_json(config_uri)
+    except storage.StorageError:
+        raise FileNotFoundError(f"{uri}: not a save_pretrained model folder (no config.json)") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{config_uri}: not valid JSON ({exc})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
+        raise ValueError(f"{uri}: model_type {model_type!r} is not a causal language model "
+                         "(AutoModelForCausalLM cannot load it)")
+    return model_type
+
+
+def write_sid_vocabulary(model_dir: str | Path, tokens: Iterable[str]) -> None:
+    """Write the SID vocabulary file of a saved model folder."""
+    (Path(model_dir) / SID_VOCAB_FILE).write_text(json.dumps(sorted(set(tokens))))
+
+
 def sid_vocabulary(model_dir: str | Path) -> list[str]:
     """The SID tokens a saved backbone was trained with."""
     path = Path(model_dir) / SID_VOCAB_FILE

@@ -1,0 +1,122 @@
+"""Config section ``align_sft``: the backbone and Stage 1, SID-language alignment SFT.
+
+Defaults are the recipe's (RECIPE.md section 3): lr 3e-4 AdamW, 20 warmup steps then linear
+decay, global batch 1024, up to 10 epochs with evaluation every epoch, early stopping with
+patience 3 on the valid-split loss and the best checkpoint kept, bf16, cutoff 1024 tokens
+(keeping the last ones), labels on the answer only (the end-of-turn token not supervised).
+
+:class:`SFTSettings` is shared with reasoning activation (``components.reason_sft``), which
+sets its own defaults.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from components.common.config import Section
+from components.common.training import TrainerSettings
+
+
+class SFTSettings(TrainerSettings):
+    """Supervised fine-tuning settings shared by alignment and reasoning activation."""
+
+    global_batch_size: int = Field(1024, ge=1)
+    """Sequences per optimizer step over all processes (per_device_batch_size x processes x
+    gradient accumulation)."""
+    max_length: int = Field(1024, ge=8)
+    """Cutoff in tokens; longer sequences keep their last max_length tokens."""
+    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
+    """When the validation loss is computed (and an evaluation-time checkpoint saved)."""
+    eval_steps: int | None = Field(None, ge=1)
+    """Evaluation period in steps (eval_strategy=steps)."""
+    early_stopping_patience: int | None = Field(3, ge=1)
+    """Stop after this many evaluations without a better validation loss; the best checkpoint
+    is restored at the end. Null: train to the end, keep the last weights."""
+    supervise_end_token: bool = False
+    """Include the end-of-turn token in the loss of chat rows."""
+
+    @model_validator(mode="after")
+    def _eval(self) -> SFTSettings:
+        if self.eval_strategy == "steps" and self.eval_steps is None:
+            raise ValueError("eval_steps: required when eval_strategy is 'steps'")
+        if self.eval_strategy != "steps" and self.eval_steps is not None:
+            raise ValueError(f"eval_steps: only used with eval_strategy 'steps' (got {self.eval_strategy!r})")
+        if self.early_stopping_patience is not None and self.eval_strategy == "no":
+            raise ValueError("early_stopping_patience: needs evaluations (eval_strategy is 'no'); set it to null")
+        if self.global_batch_size % self.per_device_batch_size:
+            raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
+                             f"per_device_batch_size ({self.per_device_batch_size})")
+        return self
+
+
+class TinyBackboneConfig(Section):
+    """An offline, randomly initialised small Qwen3 with a tokenizer trained on the run's text."""
+
+    vocab_size: int = Field(2000, ge=300, le=200_000)
+    """BPE vocabulary size before the SID tokens are added."""
+    hidden_size: int = Field(64, ge=8)
+    """Model width."""
+    intermediate_size: int = Field(128, ge=8)
+    """MLP width."""
+    num_layers: int = Field(2, ge=1)
+    """Decoder layers."""
+    num_heads: int = Field(4, ge=1)
+    """Attention heads."""
+    num_kv_heads: int = Field(2, ge=1)
+    """Key/value heads (grouped-query attention)."""
+    max_positions: int = Field(2048, ge=64)
+    """Longest sequence the model accepts."""
+
+    @model_validator(mode="after")
+    def _shapes(self) -> TinyBackboneConfig:
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be divisible by num_heads ({self.num_heads})")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
+class BackboneConfig(Section):
+    """The model alignment starts from: a saved HF causal LM, or the offline tiny one."""
+
+    uri: str | None = None
+    """save_pretrained folder of any HF causal LM, local or gs:// (production: Qwen3-1.7B)."""
+    tiny: TinyBackboneConfig | None = None
+    """Build a tiny backbone from the catalog and corpus text instead (runs with no hub)."""
+    new_token_warmup_steps: int = Field(0, ge=0)
+    """Train only the new SID token embedding rows for this many steps first (0: off, the
+    recipe's default: everything is fully fine-tuned from the start)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> BackboneConfig:
+        if (self.uri is None) == (self.tiny is None):
+            raise ValueError("set exactly one of uri (a saved model) or tiny (build one offline)")
+        return self
+
+
+class AlignSFTConfig(SFTSettings):
+    """Stage 1: SFT of the backbone on the alignment corpus (RECIPE.md section 3)."""
+
+    learning_rate: float = Field(3e-4, gt=0, le=1.0)
+    """Peak learning rate (AdamW), then linear decay (recipe: 3e-4)."""
+    warmup_steps: int = Field(20, ge=0)
+    """Linear warmup steps (recipe: 20)."""
+    num_train_epochs: float = Field(10.0, gt=0)
+    """At most this many epochs; early stopping usually ends sooner (recipe: 10)."""
+    backbone: BackboneConfig
+    """The starting model."""
+    tasks: list[str] | None = None
+    """Corpus tasks to train on; null: every task in the corpus."""
+    max_valid_samples: int | None = Field(None, ge=1)
+    """Cap on the valid-split rows of the validation loss (a seeded sample); null: all."""
+
+    @model_validator(mode="after")
+    def _warmup(self) -> AlignSFTConfig:
+        if self.backbone.new_token_warmup_steps and self.launch.strategy == "zero3":
+            raise ValueError("backbone.new_token_warmup_steps: not supported with launch.strategy zero3 "
+                             "(partitioned parameters); use zero2 or ddp")
+        if self.tasks is not None and not self.tasks:
+            raise ValueError("tasks: empty list; use null for every task")
+        return self

@@ -1,0 +1,113 @@
+"""Per-step GRPO table, its summary and chart: makes "reasoning gets shorter as reward rises"
+(the paper's observation) visible, or shows that it did not happen.
+
+The table is built from the Trainer's log history (one record per logged step, restored across
+resumes from the checkpoint's trainer state).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+#: Table column -> key in TRL's log record.
+COLUMNS = {
+    "reward": "reward",
+    "reward_std": "reward_std",
+    "prefix_reward": "rewards/prefix_reward/mean",
+    "hit_rate": "rollout/hit_rate",
+    "valid_sid_rate": "rollout/valid_sid_rate",
+    "well_formed_rate": "rollout/well_formed_rate",
+    "reasoning_tokens": "rollout/reasoning_tokens",
+    "reasoning_chars": "rollout/reasoning_chars",
+    "completion_length": "completions/mean_length",
+    "kl": "kl",
+    "entropy": "entropy",
+    "loss": "loss",
+}
+
+
+def step_table(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per logged training step (the last record of a step wins after a resume)."""
+    rows: dict[int, dict[str, Any]] = {}
+    for record in log_history:
+        if "reward" not in record:
+            continue
+        rows[int(record["step"])] = {"step": int(record["step"]),
+                                     **{col: record.get(key) for col, key in COLUMNS.items()}}
+    return [rows[s] for s in sorted(rows)]
+
+
+def _ranks(values: Sequence[float]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman rank correlation (None for fewer than 3 points or a constant series)."""
+    if len(x) < 3:
+        return None
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sx = math.sqrt(sum((a - mx) ** 2 for a in rx))
+    sy = math.sqrt(sum((b - my) ** 2 for b in ry))
+    return cov / (sx * sy) if sx and sy else None
+
+
+def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """First vs last quarter of the steps, and the reward / reasoning-length rank correlation."""
+    if not table:
+        return {}
+    window = max(1, len(table) // 4)
+
+    def mean(rows: Sequence[Mapping[str, Any]], col: str) -> float | None:
+        values = [r[col] for r in rows if r.get(col) is not None]
+        return sum(values) / len(values) if values else None
+
+    summary: dict[str, Any] = {"logged_steps": len(table)}
+    for col in ("reward", "hit_rate", "valid_sid_rate", "reasoning_tokens", "reasoning_chars", "kl"):
+        summary[f"{col}_first"] = mean(table[:window], col)
+        summary[f"{col}_last"] = mean(table[-window:], col)
+    paired = [(r["reward"], r["reasoning_tokens"]) for r in table
+              if r.get("reward") is not None and r.get("reasoning_tokens") is not None]
+    summary["reward_vs_reasoning_tokens_spearman"] = spearman([p[0] for p in paired], [p[1] for p in paired])
+    return summary
+
+
+def plot(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
+    """Reward, hit rate and reasoning length per step on one chart (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in table]
+    fig, left = plt.subplots(figsize=(8, 4.5))
+    for col, style in (("reward", "-"), ("hit_rate", "--"), ("valid_sid_rate", ":")):
+        left.plot(steps, [r.get(col) if r.get(col) is not None else math.nan for r in table], style, label=col)
+    left.set_xlabel("step")
+    left.set_ylabel("reward / rate")
+    right = left.twinx()
+    right.plot(steps, [r.get("reasoning_tokens") if r.get("reasoning_tokens") is not None else math.nan
+                       for r in table], "-", color="tab:red", label="reasoning tokens")
+    right.set_ylabel("reasoning length (tokens)", color="tab:red")
+    lines = left.get_legend_handles_labels()
+    more = right.get_legend_handles_labels()
+    left.legend(lines[0] + more[0], lines[1] + more[1], loc="best", fontsize="small")
+    left.set_title("GRPO: reward and reasoning length per step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,159 @@
+"""The recipe's GRPO reward (RECIPE.md section 5) as plain functions, and their TRL adapters.
+
+Parsing (the recipe's rule): take the last ``tail_chars`` (50) characters of the completion; if
+they contain no ``</think>`` the answer is missing; otherwise take the first ``levels`` ``<...>``
+tokens after the last ``</think>`` there; fewer than ``levels`` tokens is a missing answer.
+
+* prefix reward: ``level_rewards[m - 1]`` where m is how many leading SID levels match the
+  target (0.25 / 0.5 / 1.0), 0 when the first level is wrong or the answer is missing;
+* catalog reward: 1 when the parsed SID is a real catalog item, else 0; TRL weights it by
+  ``catalog_bonus`` (0.1), so a rollout earns up to 1.1.
+
+TRL calls reward functions with the batch (``completions``, dataset columns such as
+``target_sid``, ``completion_ids``, ``log_metric``); the adapters also log the rollout metrics
+(hit rate, well-formed rate, valid-SID rate, reasoning length) through ``log_metric``.
+
+Reward modes: ``build_reward_funcs`` dispatches on ``RewardConfig.mode``. A mode returns the
+reward functions and their weights; a mode that needs its own rollouts (e.g. trie-constrained
+beam search) would also return TRL's ``rollout_func``.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from components.common.modeling import THINK_CLOSE, THINK_OPEN
+from components.common.sid import TOKEN_RE
+from components.grpo.config import RewardConfig
+
+ANGLE_TOKEN = re.compile(r"<[^<>]+>")
+
+
+def parse_answer(completion: str, levels: int, tail_chars: int = 50) -> tuple[str, ...] | None:
+    """The first ``levels`` ``<...>`` tokens after ``</think>`` in the completion's tail, or None."""
+    tail = completion[-tail_chars:]
+    if THINK_CLOSE not in tail:
+        return None
+    tokens = ANGLE_TOKEN.findall(tail.rsplit(THINK_CLOSE, 1)[1])[:levels]
+    return tuple(tokens) if len(tokens) == levels else None
+
+
+def matching_levels(answer: Sequence[str], target_sid: str) -> int:
+    """How many leading levels of ``answer`` equal the target SID's tokens."""
+    target = [m.group(0) for m in TOKEN_RE.finditer(target_sid)]
+    matched = 0
+    for got, want in zip(answer, target):
+        if got != want:
+            break
+        matched += 1
+    return matched
+
+
+def prefix_score(completion: str, target_sid: str, level_rewards: Sequence[float], tail_chars: int = 50) -> float:
+    """The stepwise prefix reward R_sr of one completion."""
+    answer = parse_answer(completion, len(level_rewards), tail_chars)
+    if answer is None:
+        return 0.0
+    matched = matching_levels(answer, target_sid)
+    return float(level_rewards[matched - 1]) if matched else 0.0
+
+
+def catalog_score(completion: str, catalog: Collection[str], levels: int, tail_chars: int = 50) -> float:
+    """The validity reward R_f of one completion: 1 if its SID is a catalog item."""
+    answer = parse_answer(completion, levels, tail_chars)
+    return 1.0 if answer is not None and "".join(answer) in catalog else 0.0
+
+
+def recipe_reward(completion: str, target_sid: str, catalog: Collection[str], level_rewards: Sequence[float],
+                  catalog_bonus: float = 0.1, tail_chars: int = 50) -> float:
+    """R = R_sr + catalog_bonus * R_f (what TRL computes from the two weighted functions)."""
+    return (prefix_score(completion, target_sid, level_rewards, tail_chars)
+            + catalog_bonus * catalog_score(completion, catalog, len(level_rewards), tail_chars))
+
+
+def reasoning_text(completion: str) -> str | None:
+    """The text inside the think block (None when ``</think>`` never comes)."""
+    if THINK_CLOSE not in completion:
+        return None
+    head = completion.split(THINK_CLOSE, 1)[0]
+    return head.split(THINK_OPEN, 1)[1] if THINK_OPEN in head else head
+
+
+def reasoning_token_count(completion_ids: Sequence[int], think_open_id: int, think_close_id: int) -> int | None:
+    """Tokens between ``<think>`` (if generated) and ``</think>``; None without ``</think>``."""
+    ids = list(completion_ids)
+    if think_close_id not in ids:
+        return None
+    head = ids[: ids.index(think_close_id)]
+    return len(head) - (head.index(think_open_id) + 1 if think_open_id in head else 0)
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+# ----------------------------------------------------------------------------------------------
+# TRL adapters (batch in, one reward per completion out)
+# ----------------------------------------------------------------------------------------------
+
+
+def prefix_reward(completions: list[str], target_sid: list[str], *, level_rewards: Sequence[float], tail_chars: int,
+                  think_ids: tuple[int, int], completion_ids: list[list[int]] | None = None,
+                  log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
+    """R_sr per completion; logs hit rate, well-formed rate and reasoning length."""
+    levels = len(level_rewards)
+    scores = [prefix_score(c, t, level_rewards, tail_chars) for c, t in zip(completions, target_sid, strict=True)]
+    if log_metric is not None:
+        parsed = [parse_answer(c, levels, tail_chars) for c in completions]
+        log_metric("rollout/well_formed_rate", _mean([float(p is not None) for p in parsed]))
+        log_metric("rollout/hit_rate", _mean([float(p is not None and matching_levels(p, t) == levels)
+                                              for p, t in zip(parsed, target_sid, strict=True)]))
+        chars = [len(r.strip()) for c in completions if (r := reasoning_text(c)) is not None]
+        if chars:
+            log_metric("rollout/reasoning_chars", _mean(chars))
+        if completion_ids is not None:
+            tokens = [n for ids in completion_ids if (n := reasoning_token_count(ids, *think_ids)) is not None]
+            if tokens:
+                log_metric("rollout/reasoning_tokens", _mean(tokens))
+    return scores
+
+
+def catalog_reward(completions: list[str], *, catalog: frozenset[str], levels: int, tail_chars: int,
+                   log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
+    """R_f per completion; logs the valid-SID rate."""
+    scores = [catalog_score(c, catalog, levels, tail_chars) for c in completions]
+    if log_metric is not None:
+        log_metric("rollout/valid_sid_rate", _mean(scores))
+    return scores
+
+
+@dataclass(frozen=True)
+class RewardSetup:
+    """What a reward mode hands to GRPOTrainer."""
+
+    funcs: list[Callable[..., list[float]]]
+    weights: list[float]
+
+
+def _prefix_mode(cfg: RewardConfig, catalog: frozenset[str], think_ids: tuple[int, int]) -> RewardSetup:
+    levels = len(cfg.level_rewards)
+    return RewardSetup(
+        funcs=[functools.partial(prefix_reward, level_rewards=tuple(cfg.level_rewards), tail_chars=cfg.tail_chars,
+                                 think_ids=think_ids),
+               functools.partial(catalog_reward, catalog=catalog, levels=levels, tail_chars=cfg.tail_chars)],
+        weights=[1.0, cfg.catalog_bonus],
+    )
+
+
+REWARD_MODES: dict[str, Callable[[RewardConfig, frozenset[str], tuple[int, int]], RewardSetup]] = {
+    "prefix": _prefix_mode,
+}
+
+
+def build_reward_funcs(cfg: RewardConfig, catalog: frozenset[str], think_ids: tuple[int, int]) -> RewardSetup:
+    """The reward functions and weights of ``cfg.mode``."""
+    return REWARD_MODES[cfg.mode](cfg, catalog, think_ids)

@@ -1,0 +1,130 @@
+"""Stage ``grpo`` (RECIPE.md section 5): GRPO of the reasoning-activated model on the reasoning
+prompts (history SIDs -> target SID), scored by the recipe's SID reward.
+
+Inputs: ``reasoning_model`` (reason_sft's model folder), ``reasoning`` (prompts and targets),
+``sid_map`` (catalog of the validity reward). Outputs: ``model`` (save_pretrained folder +
+sid_vocab.json), ``stats`` (JSON with the per-step table: reward, hit rate, valid-SID rate,
+reasoning length, KL). MLflow also gets the table as CSV and a chart of reward vs reasoning
+length per step.
+"""
+
+from __future__ import annotations
+
+import csv
+import random
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from components.align_sft import backbone, data
+from components.common import prompts, storage, training
+from components.common.config import ConfigError
+from components.common.lineage import StageRun
+from components.common.stage import Stage, StageContext
+from components.grpo import report
+from components.grpo.config import GRPOStageConfig
+from components.grpo.rollout import plan_rollouts, vllm_server
+from components.grpo.train import ENTRY
+
+
+NAME = "grpo"
+
+
+def prompt_rows(tokenizer: Any, rows: list[data.ReasoningRow], max_prompt_length: int, max_prompts: int | None,
+                seed: int) -> tuple[dict[str, list[str]], dict[str, int]]:
+    """GRPO prompts (``render_prompt(reasoning_messages(history))``) and targets; prompts longer
+    than ``max_prompt_length`` tokens are dropped, as in the recipe."""
+    if max_prompts is not None and len(rows) > max_prompts:
+        rows = random.Random(seed).sample(rows, max_prompts)
+    columns: dict[str, list[str]] = {"prompt": [], "target_sid": []}
+    dropped = 0
+    for row in rows:
+        prompt = prompts.render_prompt(tokenizer, prompts.reasoning_messages(row.history_sids))
+        if len(tokenizer(prompt)["input_ids"]) > max_prompt_length:
+            dropped += 1
+            continue
+        columns["prompt"].append(prompt)
+        columns["target_sid"].append(row.target_sid)
+    return columns, {"prompts": len(columns["prompt"]), "dropped_overlong": dropped}
+
+
+def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
+        tracker: StageRun) -> dict[str, dict[str, Any]]:
+    gpus = training.visible_gpus()
+    training.check_hardware(cfg, NAME, gpus)
+    plan = plan_rollouts(cfg, gpus, NAME)
+    world = 1 if not plan.train_gpus else (cfg.launch.num_processes or len(plan.train_gpus))
+    if plan.train_gpus and world > len(plan.train_gpus):
+        raise ConfigError(f"{NAME}.launch.num_processes: {world} processes but {len(plan.train_gpus)} GPU(s) "
+                          "are left for training")
+    accumulation = training.gradient_accumulation(cfg.rollout_batch_size, cfg.per_device_batch_size, world,
+                                                  f"{NAME}.rollout_batch_size")
+    backbone.check_backbone_uri(inputs["reasoning_model"], "input reasoning_model")
+    catalog = data.read_catalog(inputs["sid_map"])
+    if len(cfg.reward.level_rewards) != catalog.levels:
+        raise ConfigError(f"{NAME}.reward.level_rewards: {len(cfg.reward.level_rewards)} values but the sid_map "
+                          f"SIDs have {catalog.levels} levels")
+    backbone.check_model_vocabulary(inputs["reasoning_model"], catalog, "input reasoning_model")
+    rows = data.read_reasoning(inputs["reasoning"], catalog)
+    digests = {name: storage.digest(uri) for name, uri in inputs.items()}
+
+    def prepare(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        from datasets import Dataset
+        from transformers import AutoTokenizer
+
+        base = work / "base"
+        storage.copy(inputs["reasoning_model"], str(base))
+        columns, data_stats = prompt_rows(AutoTokenizer.from_pretrained(base), rows, cfg.rollout.max_prompt_length,
+                                          cfg.max_prompts, ctx.seed)
+        if len(columns["prompt"]) < cfg.prompts_per_step:  # TRL drops incomplete generation batches
+            raise data.InputError(
+                f"reasoning {inputs['reasoning']}: {len(columns['prompt'])} usable prompt(s) "
+                f"({data_stats['dropped_overlong']} longer than {NAME}.rollout.max_prompt_length), fewer than the "
+                f"{cfg.prompts_per_step} prompts of one step ({NAME}.rollout_batch_size / num_generations)")
+        Dataset.from_dict(columns).save_to_disk(str(work / "prompts"))
+        payload = {"config": cfg.model_dump(mode="json"), "base_model": str(base), "prompts": str(work / "prompts"),
+                   "catalog": sorted(catalog.sids), "sid_vocab": list(catalog.tokens),
+                   "gradient_accumulation_steps": accumulation, "use_vllm": plan.engine == "vllm",
+                   "vllm_server_url": plan.server_url}
+        return payload, data_stats
+
+    stats, result = training.run_training(
+        stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"], input_digests=digests, entry=ENTRY,
+        world=world, gpu_ids=plan.train_gpus[:world], prepare=prepare,
+        around=lambda payload: vllm_server(plan, cfg, payload["base_model"]))
+    table = report.step_table(result.get("log_history", []))
+    stats.update({"global_step": result["global_step"], "resumed_from_step": result.get("resumed_from_step"),
+                  "rollout_engine": plan.engine, "vllm_mode": plan.vllm_mode,
+                  "train_runtime_s": next((r["train_runtime"] for r in reversed(result.get("log_history", []))
+                                           if "train_runtime" in r), None),
+                  "summary": report.summarize(table), "steps": table})
+    log_step_table(tracker, table)
+    metrics = {"global_step": stats["global_step"], **stats["summary"]}
+    return training.finish_stage(NAME, cfg, tracker, outputs, stats, digests, metrics=metrics)
+
+
+def log_step_table(tracker: StageRun, table: list[dict[str, Any]]) -> None:
+    """The per-step table (CSV) and its chart (PNG) as MLflow artifacts of the stage run."""
+    if not table:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "grpo_steps.csv"
+        with path.open("w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=list(table[0]))
+            writer.writeheader()
+            writer.writerows(table)
+        tracker.log_artifact(path)
+        tracker.log_artifact(report.plot(table, Path(tmp) / "grpo_reward_vs_reasoning.png"))
+
+
+STAGE = Stage(
+    name=NAME,
+    config=GRPOStageConfig,
+    run=run,
+    description="Stage 2b: GRPO of the reasoning model with the recipe's SID reward (vLLM rollouts on GPU, "
+                "HF generate on CPU).",
+    inputs={"reasoning_model": "reason_sft model folder", "reasoning": "reasoning Parquet (prompts, targets)",
+            "sid_map": "sid_map Parquet (catalog of the validity reward)"},
+    outputs={"model": "model", "stats": "stats.json"},
+)

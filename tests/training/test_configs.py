@@ -1,0 +1,84 @@
+"""Every config class of the training stages validates its defaults, the demo and paper-scale
+sections (profiles/*.yaml, to be merged into pipeline/configs/), and rejects impossible values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from components.align_sft.config import AlignSFTConfig, BackboneConfig, SFTSettings, TinyBackboneConfig
+from components.common.config import ConfigError, ResourceSpec, load_yaml, parse_section
+from components.common.training import CheckpointConfig, LaunchConfig, TrainerSettings
+from components.grpo.config import GRPOStageConfig, RewardConfig, RolloutConfig
+from components.reason_sft.config import ReasonSFTConfig
+
+PROFILES = Path(__file__).parent / "profiles"
+SECTIONS = {"align_sft": AlignSFTConfig, "reason_sft": ReasonSFTConfig, "grpo": GRPOStageConfig}
+
+
+@pytest.mark.parametrize("profile", ["demo", "paper"])
+def test_profile_sections_validate(profile):
+    data = load_yaml(PROFILES / f"{profile}.yaml")
+    assert set(data) == {*SECTIONS, "resources"}
+    for name, model in SECTIONS.items():
+        parse_section(model, data[name], name)
+    for name, spec in data["resources"].items():
+        assert name in SECTIONS
+        parse_section(ResourceSpec, spec, f"resources.{name}")
+
+
+def test_paper_profile_is_the_recipe():
+    data = load_yaml(PROFILES / "paper.yaml")
+    align = parse_section(AlignSFTConfig, data["align_sft"], "align_sft")
+    assert (align.learning_rate, align.warmup_steps, align.global_batch_size, align.num_train_epochs,
+            align.early_stopping_patience, align.max_length) == (3e-4, 20, 1024, 10, 3, 1024)
+    reason = parse_section(ReasonSFTConfig, data["reason_sft"], "reason_sft")
+    assert (reason.learning_rate, reason.warmup_steps, reason.early_stopping_patience, reason.supervise_end_token) \
+        == (1e-5, 10, 5, True)
+    grpo = parse_section(GRPOStageConfig, data["grpo"], "grpo")
+    assert (grpo.num_generations, grpo.prompts_per_step, grpo.learning_rate, grpo.beta, grpo.loss_type) \
+        == (16, 256, 5e-7, 0.001, "grpo")
+    assert grpo.reward.level_rewards == [0.25, 0.5, 1.0] and grpo.reward.catalog_bonus == 0.1
+    # the defaults are the recipe too: the paper profile mostly spells them out
+    assert GRPOStageConfig().model_dump(exclude={"rollout", "checkpoint"}) == \
+        grpo.model_dump(exclude={"rollout", "checkpoint"})
+
+
+@pytest.mark.parametrize("model", [LaunchConfig, CheckpointConfig, TrainerSettings, SFTSettings, TinyBackboneConfig,
+                                   RewardConfig, RolloutConfig, GRPOStageConfig, ReasonSFTConfig])
+def test_defaults_validate(model):
+    parse_section(model, {}, "x")
+
+
+BAD = [
+    (GRPOStageConfig, {"rollout_batch_size": 100, "num_generations": 16}, "divisible by the group size"),
+    (GRPOStageConfig, {"rollout_batch_size": 64, "num_generations": 16, "per_device_batch_size": 24},
+     "multiple of per_device_batch_size"),
+    (GRPOStageConfig, {"num_generations": 1}, "greater than or equal to 2"),
+    (RewardConfig, {"level_rewards": [0.5, 0.25, 1.0]}, "non-decreasing"),
+    (RewardConfig, {"mode": "beam"}, "Input should be 'prefix'"),
+    (RolloutConfig, {"vllm_server_base_url": "http://vllm:8000"}, "only used with vllm_mode 'server'"),
+    (BackboneConfig, {}, "exactly one of uri"),
+    (BackboneConfig, {"uri": "/m", "tiny": {}}, "exactly one of uri"),
+    (TinyBackboneConfig, {"hidden_size": 66, "num_heads": 4}, "divisible by num_heads"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "eval_strategy": "steps"}, "eval_steps: required"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "eval_strategy": "no"}, "early_stopping_patience: needs"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "global_batch_size": 10, "per_device_batch_size": 4},
+     "multiple of per_device_batch_size"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m", "new_token_warmup_steps": 5}, "launch": {"strategy": "zero3"}},
+     "not supported with launch.strategy zero3"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "learning_rate": 0}, "greater than 0"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "learning_rate": "3e-4"}, "valid number"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "epochs": 3}, "unknown key"),
+    (ReasonSFTConfig, {"eval_fraction": 0}, "leaves nothing to evaluate"),
+    (LaunchConfig, {"strategy": "fsdp"}, "Input should be 'ddp', 'zero2' or 'zero3'"),
+    (CheckpointConfig, {"every_steps": 0}, "greater than or equal to 1"),
+]
+
+
+@pytest.mark.parametrize(("model", "values", "message"), BAD,
+                         ids=[f"{m.__name__}-{i}" for i, (m, _, _) in enumerate(BAD)])
+def test_impossible_values_are_rejected(model, values, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_section(model, values, "section")
