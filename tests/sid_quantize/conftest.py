@@ -4,9 +4,12 @@ runs hit, and a helper that runs the whole stage with a local MLflow store."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from components.common import storage
@@ -62,3 +65,61 @@ def run_stage(section: dict[str, Any], items: str, out: Path, *, cache_uri: str,
                        final_stage="sid_quantize")
     outputs = {name: str(out / fname) for name, fname in STAGE.outputs.items()}
     return outputs, STAGE.execute(cfg, ctx, {"items": items}, outputs)
+
+
+@pytest.fixture
+def lookup_encoder(office_embeddings, office_items, monkeypatch):
+    """Replace the encoder by a lookup of the session's Office embeddings (text -> vector), so
+    tests on sub- and super-sets of the catalog do not run MiniLM again."""
+    from components.sid_quantize import encoders
+
+    items = read_items(office_items)
+    texts = encoders.item_texts(items, EncoderConfig(**OFFICE_ENCODER).text_fields)
+    table = dict(zip(texts, office_embeddings.vectors))
+
+    def encode(batch, cfg):
+        return np.stack([table[text] for text in batch])
+
+    monkeypatch.setattr(encoders, "encode_texts", encode)
+    return table
+
+
+def hashed_vectors(texts: list[str], dim: int = 16) -> np.ndarray:
+    """A stand-in encoder: a unit vector seeded by each text's hash (same text, same vector)."""
+    out = np.empty((len(texts), dim), dtype=np.float32)
+    for row, text in enumerate(texts):
+        seed = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little")
+        vector = np.random.default_rng(seed).standard_normal(dim)
+        out[row] = vector / np.linalg.norm(vector)
+    return out
+
+
+@pytest.fixture
+def hashed_encoder(monkeypatch):
+    """Replace the encoder by :func:`hashed_vectors`; returns the list of calls (texts per call)."""
+    from components.sid_quantize import encoders
+
+    calls: list[list[str]] = []
+
+    def encode(texts, cfg):
+        calls.append(list(texts))
+        return hashed_vectors(texts)
+
+    monkeypatch.setattr(encoders, "encode_texts", encode)
+    return calls
+
+
+def synthetic_items(n: int, prefix: str = "i") -> pd.DataFrame:
+    """``n`` items with distinct titles, brands cycling over 4 and one category path each."""
+    return pd.DataFrame({
+        "item_id": [f"{prefix}{k}" for k in range(n)],
+        "title": [f"Product {prefix}{k} model {k * 7919 % 1000}" for k in range(n)],
+        "description": [f"Description of item {k}" for k in range(n)],
+        "brand": [f"Brand{k % 4}" for k in range(n)],
+        "categories": [["Office Products", f"Kind{k % 3}"] for k in range(n)],
+    })
+
+
+def write_items(items: pd.DataFrame, path: Path) -> str:
+    storage.write_parquet(items_table(items), path)
+    return str(path)
