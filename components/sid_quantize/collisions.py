@@ -6,8 +6,12 @@
    retired, in incremental assignment) are all displaced.
 2. **Sinkhorn rounds** (the recipe: epsilon 0.003, up to 20 rounds). Displaced items sharing a
    prefix (their codes at levels 0..L-2) are spread over that prefix's *free* last-level codes
-   by a balanced Sinkhorn assignment on their last-level residual distances. When two items
-   pick the same code, the nearer one gets it; the others wait for the next round.
+   by an entropic transport on their last-level residual distances in which every item sends
+   one unit and every free code takes at most one (:func:`components.sid_quantize.sinkhorn.capacity_assign`). MiniOneRec runs
+   Sinkhorn with *uniform* column marginals over all codes instead; with a handful of colliding
+   items and 256 codes that plan is nearly uniform and its argmax says little, so capacities
+   are used here. When two items pick the same code, the nearer one gets it; the others wait
+   for the next round.
 3. **Nearest free code** (guaranteed). Each remaining item takes the nearest free last-level
    code under its own prefix. When that prefix is full (more items than last-level codes share
    it, e.g. hundreds of identical embeddings), the item moves up to the deepest prefix with room
@@ -28,8 +32,8 @@ import numpy as np
 import torch
 
 from components.sid_quantize.config import CollisionConfig
-from components.sid_quantize.kmeans import sinkhorn_assign, sq_distances
 from components.sid_quantize.quantizer import residual_before
+from components.sid_quantize.sinkhorn import capacity_assign
 
 Code = tuple[int, ...]
 
@@ -85,30 +89,52 @@ def resolve_collisions(z: torch.Tensor, codes: torch.Tensor, codebooks: list[tor
     return final, report
 
 
+#: Upper bound on (groups x items x codes) entries solved in one batched Sinkhorn call.
+BATCH_ENTRIES = 1 << 22
+
+
 def _sinkhorn_round(pending: list[int], final: np.ndarray, r_last: torch.Tensor, last: torch.Tensor,
                     used_last: dict[Code, set[int]], taken: set[Code], cfg: CollisionConfig) -> list[int]:
-    """One round of balanced re-assignment per prefix; returns the items still unplaced."""
+    """One round of capacity-constrained Sinkhorn per prefix (batched over prefixes); when two
+    items of a prefix pick the same code the nearer one gets it. Returns the items still unplaced."""
     by_prefix: dict[Code, list[int]] = defaultdict(list)
     for i in pending:
         by_prefix[tuple(int(c) for c in final[i, :-1])].append(i)
-    still: list[int] = []
-    for prefix, members in by_prefix.items():
-        free = [c for c in range(last.shape[0]) if c not in used_last[prefix]]
-        if not free:
-            still.extend(members)
-            continue
-        index = torch.tensor(members, device=r_last.device)
-        cost = sq_distances(r_last[index].double(), last[free].double())
-        choice = sinkhorn_assign(cost, cfg.sinkhorn_epsilon, cfg.sinkhorn_iters).cpu().numpy()
-        chosen_cost = cost[torch.arange(len(members)), torch.from_numpy(choice).to(cost.device)].cpu().numpy()
-        for pos in sorted(range(len(members)), key=lambda p: (chosen_cost[p], members[p])):
-            item, code = members[pos], free[choice[pos]]
-            if code in used_last[prefix]:
-                still.append(item)
-                continue
-            used_last[prefix].add(code)
-            final[item, -1] = code
-            taken.add((*prefix, code))
+    k = last.shape[0]
+    still = [i for prefix, members in by_prefix.items() if len(used_last[prefix]) == k for i in members]
+    groups = sorted(((p, m) for p, m in by_prefix.items() if len(used_last[p]) < k), key=lambda g: len(g[1]))
+    last64 = last.double()
+    start = 0
+    while start < len(groups):
+        stop = start + 1
+        while stop < len(groups) and (stop - start + 1) * len(groups[stop][1]) * k <= BATCH_ENTRIES:
+            stop += 1
+        batch, start = groups[start:stop], stop
+        width = len(batch[-1][1])  # groups are sorted by size: the last is the widest
+        index = torch.zeros(len(batch), width, dtype=torch.long)
+        rows = torch.zeros(len(batch), width, dtype=torch.bool)
+        cols = torch.ones(len(batch), k, dtype=torch.bool)
+        for g, (prefix, members) in enumerate(batch):
+            index[g, : len(members)] = torch.tensor(members)
+            rows[g, : len(members)] = True
+            cols[g, sorted(used_last[prefix])] = False
+        device = r_last.device
+        residual = r_last[index.to(device)].double()
+        cost = ((residual * residual).sum(-1, keepdim=True) - 2.0 * residual @ last64.T
+                + (last64 * last64).sum(-1)).clamp_min(0.0)
+        choice = capacity_assign(cost, rows.to(device), cols.to(device), cfg.sinkhorn_epsilon,
+                                   cfg.sinkhorn_iters)
+        chosen_cost = cost.gather(2, choice[:, :, None])[:, :, 0].cpu().numpy()
+        choice = choice.cpu().numpy()
+        for g, (prefix, members) in enumerate(batch):
+            for pos in sorted(range(len(members)), key=lambda p: (chosen_cost[g, p], members[p])):
+                item, code = members[pos], int(choice[g, pos])
+                if code in used_last[prefix]:
+                    still.append(item)
+                    continue
+                used_last[prefix].add(code)
+                final[item, -1] = code
+                taken.add((*prefix, code))
     return sorted(still)
 
 

@@ -1,7 +1,7 @@
-"""Seeded k-means and Sinkhorn balanced assignment in torch (CPU or GPU).
+"""Seeded k-means in torch (CPU or GPU), optionally with balanced (Sinkhorn) assignment.
 
-Shared by both quantizers (RQ-KMeans fits one k-means per level; the RQ-VAE initialises its
-codebooks with k-means) and by collision resolution (Sinkhorn re-assignment).
+Shared by both quantizers: RQ-KMeans fits one k-means per level; the RQ-VAE initialises its
+codebooks with k-means.
 
 Determinism: every random choice draws from an explicit ``torch.Generator``; cluster sums use
 ``index_add_`` on CPU (sequential, so deterministic) and a one-hot matmul on GPU (where
@@ -13,6 +13,8 @@ from __future__ import annotations
 import logging
 
 import torch
+
+from components.sid_quantize.sinkhorn import balanced_assign
 
 log = logging.getLogger(__name__)
 
@@ -76,28 +78,6 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, generator: torch.Generator) -> tor
     return torch.stack(centroids)
 
 
-def sinkhorn_assign(cost: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
-    """Balanced assignment of each row of ``cost`` (m, k) to one column, by log-domain
-    Sinkhorn-Knopp on an entropic transport with uniform marginals (rows 1/m, columns 1/k).
-
-    ``cost`` is first rescaled to [-1, 1] (as MiniOneRec/LC-Rec do before applying epsilon, so
-    epsilon does not depend on the distance scale). Row i goes to ``argmax_j(log_kernel[i, j] +
-    v[j])``; the row potentials do not change a row's argmax, so only ``v`` is needed.
-    """
-    m, k = cost.shape
-    low, high = cost.min(), cost.max()
-    middle = (high + low) / 2
-    amplitude = (high - middle).clamp_min(1e-12)
-    log_kernel = -((cost - middle) / amplitude) / epsilon
-    log_row = -torch.log(torch.tensor(float(m), dtype=cost.dtype, device=cost.device))
-    log_col = -torch.log(torch.tensor(float(k), dtype=cost.dtype, device=cost.device))
-    v = torch.zeros(k, dtype=cost.dtype, device=cost.device)
-    for _ in range(iters):
-        u = log_row - torch.logsumexp(log_kernel + v[None, :], dim=1)
-        v = log_col - torch.logsumexp(log_kernel + u[:, None], dim=0)
-    return (log_kernel + v[None, :]).argmax(1)
-
-
 def kmeans(x: torch.Tensor, k: int, *, iters: int, generator: torch.Generator, tol: float = 1e-4,
            balanced: bool = False, sinkhorn_epsilon: float = 0.003, sinkhorn_iters: int = 50,
            seed_points: int | None = None) -> torch.Tensor:
@@ -117,7 +97,7 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int, generator: torch.Generator, t
     previous: torch.Tensor | None = None
     for it in range(iters):
         if balanced:
-            assign = balanced_assign(x, centroids, sinkhorn_epsilon, sinkhorn_iters)
+            assign = balanced_assign(sq_distances(x, centroids), sinkhorn_epsilon, sinkhorn_iters)
             dist = ((x - centroids[assign]) ** 2).sum(1)
         else:
             assign, dist = nearest(x, centroids)
@@ -138,8 +118,3 @@ def kmeans(x: torch.Tensor, k: int, *, iters: int, generator: torch.Generator, t
             log.debug("k-means (k=%d) converged after %d iterations", k, it + 1)
             break
     return centroids
-
-
-def balanced_assign(x: torch.Tensor, centroids: torch.Tensor, epsilon: float, iters: int) -> torch.Tensor:
-    """Assign rows to centroids with equal cluster masses (Sinkhorn over squared distances)."""
-    return sinkhorn_assign(sq_distances(x, centroids), epsilon, iters)

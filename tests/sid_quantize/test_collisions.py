@@ -90,3 +90,4 @@ def test_single_level_codebook():
     x = torch.ones(32, 3)  # identical items filling a one-level codebook exactly
     _, final, _ = quantize(x, [32])
     assert_unique(final, [32])
+
