@@ -7,11 +7,11 @@
 2. **Sinkhorn rounds** (the recipe: epsilon 0.003, up to 20 rounds). Displaced items sharing a
    prefix (their codes at levels 0..L-2) are spread over that prefix's *free* last-level codes
    by an entropic transport on their last-level residual distances in which every item sends
-   one unit and every free code takes at most one (:func:`components.sid_quantize.sinkhorn.capacity_assign`). MiniOneRec runs
-   Sinkhorn with *uniform* column marginals over all codes instead; with a handful of colliding
-   items and 256 codes that plan is nearly uniform and its argmax says little, so capacities
-   are used here. When two items pick the same code, the nearer one gets it; the others wait
-   for the next round.
+   one unit and every free code takes at most one (``sinkhorn.capacity_assign``). MiniOneRec
+   runs Sinkhorn with *uniform* column marginals over all codes instead; with a handful of
+   colliding items and 256 codes that plan is nearly uniform and its argmax says little, so
+   capacities are used here. When two items pick the same code, the nearer one gets it; the
+   others wait for the next round.
 3. **Nearest free code** (guaranteed). Each remaining item takes the nearest free last-level
    code under its own prefix. When that prefix is full (more items than last-level codes share
    it, e.g. hundreds of identical embeddings), the item moves up to the deepest prefix with room
@@ -122,8 +122,7 @@ def _sinkhorn_round(pending: list[int], final: np.ndarray, r_last: torch.Tensor,
         residual = r_last[index.to(device)].double()
         cost = ((residual * residual).sum(-1, keepdim=True) - 2.0 * residual @ last64.T
                 + (last64 * last64).sum(-1)).clamp_min(0.0)
-        choice = capacity_assign(cost, rows.to(device), cols.to(device), cfg.sinkhorn_epsilon,
-                                   cfg.sinkhorn_iters)
+        choice = capacity_assign(cost, rows.to(device), cols.to(device), cfg.sinkhorn_epsilon, cfg.sinkhorn_iters)
         chosen_cost = cost.gather(2, choice[:, :, None])[:, :, 0].cpu().numpy()
         choice = choice.cpu().numpy()
         for g, (prefix, members) in enumerate(batch):

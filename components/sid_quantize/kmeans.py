@@ -22,12 +22,10 @@ log = logging.getLogger(__name__)
 CHUNK = 8192
 
 
-def sq_distances(x: torch.Tensor, centroids: torch.Tensor, x_sq: torch.Tensor | None = None) -> torch.Tensor:
+def sq_distances(x: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances (n, k), clamped at 0 against rounding."""
-    if x_sq is None:
-        x_sq = (x * x).sum(1)
     c_sq = (centroids * centroids).sum(1)
-    return (x_sq[:, None] - 2.0 * (x @ centroids.T) + c_sq[None, :]).clamp_min_(0.0)
+    return torch.addmm(c_sq[None, :], x, centroids.T, alpha=-2.0).add_((x * x).sum(1)[:, None]).clamp_min_(0.0)
 
 
 def nearest(x: torch.Tensor, centroids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

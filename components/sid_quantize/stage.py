@@ -14,8 +14,14 @@ Artifacts:
 * codebooks: folder, ``weights.safetensors`` + ``config.json`` (method, levels, codebook_sizes,
   architecture incl. input_dim, seed, encoder id and settings, collision settings, training
   summary). ``levels`` is the SID length; ``codebook_sizes`` gives the token vocabulary.
-* stats: JSON, see :func:`run` (collisions before/after, resolution steps, per-level
-  utilisation and perplexity, reconstruction error, semantic check, incremental counts).
+* stats: JSON. ``levels``/``codebook_sizes``; ``collisions_before`` (greedy codes of the items
+  assigned in this run) and ``collisions_after`` (every sid_map row; always 0 duplicates);
+  ``resolution`` (items handled by each step of components.sid_quantize.collisions);
+  ``level_usage`` (per level: used codes, utilisation, perplexity, max share, over the
+  catalog); ``reconstruction`` (greedy and final codes: MSE and fraction of variance left);
+  ``semantic_check`` (which attribute, lift of sharing it within a first-level code over random
+  pairs); ``encoder`` (id, text digest, cache hit); ``training``; ``incremental`` (kept, new,
+  revived, retired counts); ``upstream`` (a release pack's own SID duplicates); ``seconds``.
 """
 
 from __future__ import annotations
@@ -75,13 +81,22 @@ def read_items(uri: str) -> pd.DataFrame:
     return items
 
 
-def _check_catalog_fits(cfg: SidQuantizeConfig, n: int, previous: Previous | None) -> None:
+def _check_catalog_fits(cfg: SidQuantizeConfig, item_ids: list[str], previous: Previous | None) -> None:
+    """Refuse, before any work, a catalog the codebooks cannot fit or hold."""
+    n = len(item_ids)
     if previous is None and n < max(cfg.codebook_sizes):
         raise QuantizeError(f"the catalog has {n} items but sid_quantize.codebook_sizes is {cfg.codebook_sizes}: "
                             "every code of a level needs at least one item to be fitted; lower codebook_sizes")
     if n > cfg.capacity:
         raise QuantizeError(f"the catalog has {n} items but codebook_sizes {cfg.codebook_sizes} express only "
                             f"{cfg.capacity} distinct SIDs; raise codebook_sizes")
+    if previous is not None:
+        known = set(previous.sid_map.item_ids)
+        needed = len(known) + sum(item not in known for item in item_ids)
+        if needed > cfg.capacity:
+            raise QuantizeError(f"{len(known)} SIDs of the previous run (retired ones are never reused) plus the "
+                                f"new items need {needed} distinct SIDs; codebook_sizes {cfg.codebook_sizes} "
+                                f"express only {cfg.capacity}. Retrain without incremental to grow the codebooks")
 
 
 def _train(cfg: SidQuantizeConfig, x: torch.Tensor, seed: int) -> tuple[Quantizer, dict[str, Any]]:
@@ -95,7 +110,7 @@ def run(cfg: SidQuantizeConfig, ctx: StageContext, inputs: Mapping[str, str], ou
     items = read_items(inputs["items"])
     device = resolve_device(cfg.device)
     previous = load_previous(cfg, device) if cfg.incremental.enabled else None
-    _check_catalog_fits(cfg, len(items), previous)
+    _check_catalog_fits(cfg, items["item_id"].tolist(), previous)
     with torch_threads(cfg.cpu_threads):
         emb, quantizer, sid_map, stats, codebooks_config = _quantize(cfg, ctx, items, inputs["items"], device,
                                                                      previous)

@@ -135,3 +135,13 @@ def test_incremental_with_a_broken_previous_run(stage, hashed_encoder, tmp_path)
     fails(stage, tmp_path, section, v2, CodebooksError, "previous_codebooks: .*nowhere does not exist")
     section["incremental"]["previous_codebooks"] = first["sid_map"]
     fails(stage, tmp_path, section, v2, CodebooksError, "a codebooks artifact is a folder, not a file")
+
+
+def test_incremental_run_that_would_need_more_sids_than_the_codebooks_hold(stage, hashed_encoder, tmp_path):
+    section = {**SMALL, "codebook_sizes": [4, 4, 4]}
+    first, _ = stage(section, write_items(synthetic_items(40), tmp_path / "v1.parquet"), name="first")
+    section["incremental"] = {"previous_sid_map": first["sid_map"], "previous_codebooks": first["codebooks"]}
+    calls = len(hashed_encoder)
+    fails(stage, tmp_path, section, write_items(synthetic_items(30, prefix="n"), tmp_path / "v2.parquet"),
+          QuantizeError, r"40 SIDs of the previous run .* need 70 distinct SIDs; .* express only 64")
+    assert len(hashed_encoder) == calls  # refused before embedding
