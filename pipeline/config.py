@@ -74,14 +74,14 @@ class RunConfig(Section):
         problems = []
         if not self.tracking.uri or not self.tracking.uri.startswith(("http://", "https://", "databricks")):
             problems.append(f"tracking.uri must be an MLflow server URL on a cluster (got {self.tracking.uri!r})")
+        sid = self.sid_quantize
+        encoder = None if sid.encoder.model == BUILTIN_MINILM else sid.encoder.model  # the bundled one is in the image
         for key, value in (("storage.pipeline_root", self.storage.pipeline_root),
                            ("storage.cache_uri", self.storage.cache_uri),
                            ("ingest.source", self.ingest.source),
-                           ("sid_quantize.encoder.model",
-                            None if self.sid_quantize.encoder.model == BUILTIN_MINILM else self.sid_quantize.encoder.model),
-                           ("sid_quantize.incremental.previous_sid_map", self.sid_quantize.incremental.previous_sid_map),
-                           ("sid_quantize.incremental.previous_codebooks",
-                            self.sid_quantize.incremental.previous_codebooks)):
+                           ("sid_quantize.encoder.model", encoder),
+                           ("sid_quantize.incremental.previous_sid_map", sid.incremental.previous_sid_map),
+                           ("sid_quantize.incremental.previous_codebooks", sid.incremental.previous_codebooks)):
             if value is not None and not storage.is_gcs(value):
                 problems.append(f"{key} must be a gs:// URI on a cluster (got {value!r})")
         return problems

@@ -103,7 +103,8 @@ def evaluate(model: RQVAE, x: torch.Tensor) -> tuple[float, float]:
     return collision_rate(codes), float(F.mse_loss(recon, x))
 
 
-def train_rq_vae(x: torch.Tensor, codebook_sizes: list[int], cfg: RQVAEConfig, seed: int) -> tuple[RQVAE, dict[str, Any]]:
+def train_rq_vae(x: torch.Tensor, codebook_sizes: list[int], cfg: RQVAEConfig,
+                 seed: int) -> tuple[RQVAE, dict[str, Any]]:
     """Train an RQ-VAE on embeddings ``x``; returns the best checkpoint and a training summary."""
     n = x.shape[0]
     if n < max(codebook_sizes):
@@ -124,7 +125,8 @@ def _fit(model: RQVAE, x: torch.Tensor, cfg: RQVAEConfig, generator: torch.Gener
     model.init_codebooks(x[first], cfg.kmeans_init_iters, generator)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     warmup = cfg.warmup_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(  # linear warmup, then constant (MiniOneRec)
+        optimizer, lambda step: min(1.0, (step + 1) / warmup) if warmup else 1.0)
 
     best: dict[str, Any] = {"collision_rate": float("inf"), "reconstruction_mse": float("inf"), "epoch": -1}
     best_state = copy.deepcopy(model.state_dict())

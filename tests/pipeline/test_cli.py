@@ -172,3 +172,17 @@ def test_local_run_end_to_end(tmp_path, demo_data):
     names = {d.dataset.name for d in by_stage["sid_quantize"].inputs.dataset_inputs}
     assert names >= {"items", "embeddings", "sid_map", "codebooks", "stats"}
     assert by_stage["sid_quantize"].data.metrics["collisions_after.duplicate_sids"] == 0
+
+
+def test_cluster_problems_name_local_sid_quantize_uris():
+    from pipeline.config import load_config
+
+    cfg, _ = load_config("demo", CLUSTER)
+    assert cfg.cluster_problems() == []  # the bundled encoder ships in the image
+    cfg, _ = load_config("demo", [*CLUSTER, "sid_quantize.encoder.model=/models/qwen3-embedding",
+                                  "sid_quantize.incremental.previous_sid_map=build/run/sid_map.parquet",
+                                  "sid_quantize.incremental.previous_codebooks=gs://b/run/codebooks"])
+    assert cfg.cluster_problems() == [
+        "sid_quantize.encoder.model must be a gs:// URI on a cluster (got '/models/qwen3-embedding')",
+        "sid_quantize.incremental.previous_sid_map must be a gs:// URI on a cluster (got 'build/run/sid_map.parquet')",
+    ]

@@ -48,7 +48,8 @@ def test_empty_catalog(stage, hashed_encoder, tmp_path):
 def test_missing_column_and_wrong_id_type(stage, hashed_encoder, tmp_path):
     items = synthetic_items(20)
     pq.write_table(pa.Table.from_pandas(items.drop(columns=["brand"]), preserve_index=False), tmp_path / "a.parquet")
-    fails(stage, tmp_path, SMALL, str(tmp_path / "a.parquet"), QuantizeError, r"a\.parquet: missing column\(s\) \['brand'\]")
+    fails(stage, tmp_path, SMALL, str(tmp_path / "a.parquet"), QuantizeError,
+          r"a\.parquet: missing column\(s\) \['brand'\]")
     items["item_id"] = range(20)
     pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp_path / "b.parquet")
     fails(stage, tmp_path, SMALL, str(tmp_path / "b.parquet"), QuantizeError, "item_id must be strings, got int64")
