@@ -41,6 +41,9 @@ class EncoderConfig(Section):
     """Texts per forward pass."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """Where the encoder runs; auto picks cuda when a GPU is visible."""
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    """Weights dtype; auto keeps the model's own. bfloat16 halves the memory of a large encoder on
+    GPU; embeddings are always written as float32."""
     normalize: bool = False
     """L2-normalise the embeddings after the model's own pooling/normalisation modules."""
     use_cache: bool = True

@@ -3,7 +3,7 @@
 The ``embeddings`` artifact is Parquet: ``item_id`` (string), ``embedding``
 (fixed_size_list<float32>[dim]); schema metadata ``encoder_id`` (model name @ content digest of
 its folder), ``text_digest`` (sha256 over the sorted (item_id, text) pairs) and
-``encoder_settings`` (JSON: text fields, max_length, normalize).
+``encoder_settings`` (JSON: text fields, max_length, normalize, dtype).
 
 Cache: ``<storage.cache_uri>/embeddings/<key>.parquet`` where ``key`` hashes the encoder id,
 its settings and the text digest. An unchanged catalog embedded by an unchanged encoder is read
@@ -59,7 +59,8 @@ def encoder_id(cfg: EncoderConfig) -> str:
 
 def encoder_settings(cfg: EncoderConfig) -> dict[str, Any]:
     """Settings that change the vectors (and therefore the cache key) besides model and text."""
-    return {"text_fields": cfg.text_fields, "max_length": cfg.max_length, "normalize": cfg.normalize}
+    return {"text_fields": cfg.text_fields, "max_length": cfg.max_length, "normalize": cfg.normalize,
+            "dtype": cfg.dtype}
 
 
 def _field_text(value: Any) -> str:
@@ -130,14 +131,17 @@ def read_embeddings(uri: str) -> tuple[list[str], np.ndarray, dict[str, str]]:
 
 def encode_texts(texts: list[str], cfg: EncoderConfig) -> np.ndarray:
     """Run the encoder over ``texts`` in batches, logging progress."""
+    import torch
     from sentence_transformers import SentenceTransformer
 
     device = str(resolve_device(cfg.device))
+    model_kwargs = {} if cfg.dtype == "auto" else {"dtype": getattr(torch, cfg.dtype)}
     with storage.local_copy(model_location(cfg.model)) as path:
-        model = SentenceTransformer(str(path), device=device)
+        model = SentenceTransformer(str(path), device=device, model_kwargs=model_kwargs)
     if cfg.max_length is not None:
         model.max_seq_length = cfg.max_length
-    log.info("encoder %s on %s: max_length %s, %d texts", cfg.model, device, model.max_seq_length, len(texts))
+    log.info("encoder %s on %s (%s): max_length %s, %d texts", cfg.model, device, model.dtype, model.max_seq_length,
+             len(texts))
     progress = Progress(log, "embedding", total=len(texts), unit="items")
     chunk = cfg.batch_size * 16  # sentence-transformers sorts each chunk by length: little padding
     parts = []

@@ -76,9 +76,10 @@ def test_plain_huggingface_encoder_from_gcs(gcs_bucket, tmp_path):
         shutil.copy(encoders.builtin_model_path() / name, folder / name)
     uri = f"{gcs_bucket}/models/tiny-bert"
     digest = storage.copy(str(folder), uri)
-    cfg = EncoderConfig(model=uri, batch_size=4, device="cpu")
+    cfg = EncoderConfig(model=uri, batch_size=4, device="cpu", dtype="bfloat16")
     result = embed_items(synthetic_items(10), cfg, None)
-    assert result.vectors.shape == (10, 32) and not result.cache_hit and result.cache_uri is None
+    assert result.vectors.shape == (10, 32) and result.vectors.dtype == np.float32
+    assert not result.cache_hit and result.cache_uri is None
     assert result.metadata["encoder_id"] == f"{uri}@{digest}"
     with pytest.raises(encoders.EmbeddingError, match="does not exist"):
         embed_items(synthetic_items(3), EncoderConfig(model=f"{gcs_bucket}/models/missing"), None)
