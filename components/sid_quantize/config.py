@@ -31,7 +31,9 @@ class EncoderConfig(Section):
     model: str = BUILTIN_MINILM
     """A sentence-transformers (or plain Hugging Face) model folder: a local path, a gs:// URI
     (a folder written by this project's storage, i.e. with a _MANIFEST.json), or
-    "builtin:all-minilm-l6-v2" for the offline MiniLM. Paper: Qwen3-Embedding-4B."""
+    "builtin:all-minilm-l6-v2" for the offline MiniLM. Paper: Qwen3-Embedding-4B. The model is
+    identified by a content digest (gs://: its manifest; local: hashing its files, which takes
+    a while for multi-GB models)."""
     text_fields: list[str] = Field(default_factory=lambda: ["title", "description"])
     """Item columns joined (in this order, non-empty ones only) into the embedded text.
     Recipe: title + " " + description."""
@@ -179,6 +181,14 @@ class SidQuantizeConfig(Section):
         if any(size < 2 for size in value):
             raise ValueError(f"every level needs at least 2 codes (got {value})")
         return value
+
+    @model_validator(mode="after")
+    def _fits(self) -> SidQuantizeConfig:
+        if self.method == "rq_vae" and self.rq_vae.batch_size < max(self.codebook_sizes):
+            raise ValueError(f"rq_vae.batch_size {self.rq_vae.batch_size} is smaller than a codebook "
+                             f"({max(self.codebook_sizes)} codes): the k-means initialisation on the first batch "
+                             "needs at least one item per code")
+        return self
 
     @property
     def capacity(self) -> int:

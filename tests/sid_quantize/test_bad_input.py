@@ -103,6 +103,7 @@ def test_fewer_items_than_a_codebook_and_more_than_the_codebooks_hold(stage, has
     ({"rq_vae": {"lr": 0}}, "sid_quantize.rq_vae.lr"),
     ({"collisions": {"sinkhorn_epsilon": -1.0}}, "sid_quantize.collisions.sinkhorn_epsilon"),
     ({"semantic_check": {"attribute": "color"}}, "sid_quantize.semantic_check.attribute"),
+    ({"rq_vae": {"batch_size": 128}}, "rq_vae.batch_size 128 is smaller than a codebook"),
 ])
 def test_impossible_config_is_rejected_before_any_work(section, match):
     with pytest.raises(ConfigError, match=match):
