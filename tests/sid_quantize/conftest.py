@@ -1,6 +1,8 @@
 """Fixtures of the sid_quantize tests: the Office catalog embedded once per session (MiniLM on
 CPU, texts cut to 32 tokens to keep it to tens of seconds), a session embeddings cache the stage
-runs hit, and a helper that runs the whole stage with a local MLflow store."""
+runs hit, stand-in encoders (a lookup of those Office embeddings for sub- and super-sets of the
+catalog; hashed random unit vectors for synthetic catalogs), and a helper that runs the whole
+stage with a local MLflow store."""
 
 from __future__ import annotations
 
