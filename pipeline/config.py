@@ -26,17 +26,20 @@ from components.common.config import (
     parse_section,
 )
 from components.ingest.config import IngestConfig
+from components.sid_quantize.config import BUILTIN_MINILM, SidQuantizeConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 #: Stages in DAG order. A stage's name is also its config section and resources key.
-STAGES: tuple[str, ...] = ("ingest",)
+STAGES: tuple[str, ...] = ("ingest", "sid_quantize")
 
 
 class Resources(Section):
     """Kubernetes resources per stage."""
 
     ingest: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu_request="2", memory_request="8G"))
+    sid_quantize: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu_request="4", memory_request="16G"))
+    """The paper's encoder (Qwen3-Embedding-4B) wants a GPU: set gpus and a node selector."""
 
 
 class RunConfig(Section):
@@ -44,6 +47,7 @@ class RunConfig(Section):
 
     run: RunSection = Field(default_factory=RunSection)
     ingest: IngestConfig
+    sid_quantize: SidQuantizeConfig = Field(default_factory=SidQuantizeConfig)
     resources: Resources = Field(default_factory=Resources)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -70,10 +74,15 @@ class RunConfig(Section):
         problems = []
         if not self.tracking.uri or not self.tracking.uri.startswith(("http://", "https://", "databricks")):
             problems.append(f"tracking.uri must be an MLflow server URL on a cluster (got {self.tracking.uri!r})")
+        sid = self.sid_quantize
+        encoder = None if sid.encoder.model == BUILTIN_MINILM else sid.encoder.model  # the bundled one is in the image
         for key, value in (("storage.pipeline_root", self.storage.pipeline_root),
                            ("storage.cache_uri", self.storage.cache_uri),
-                           ("ingest.source", self.ingest.source)):
-            if not storage.is_gcs(value):
+                           ("ingest.source", self.ingest.source),
+                           ("sid_quantize.encoder.model", encoder),
+                           ("sid_quantize.incremental.previous_sid_map", sid.incremental.previous_sid_map),
+                           ("sid_quantize.incremental.previous_codebooks", sid.incremental.previous_codebooks)):
+            if value is not None and not storage.is_gcs(value):
                 problems.append(f"{key} must be a gs:// URI on a cluster (got {value!r})")
         return problems
 

@@ -13,15 +13,17 @@ report all artifact URIs (``run.json``) and the IR documents them.
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset
+from kfp.dsl import Artifact, Dataset, Model
 
 from components.common.stage import StageContext
 from components.ingest import component as ingest_component
+from components.sid_quantize import component as sid_quantize_component
 from pipeline.config import STAGES, RunConfig
 
 #: Stage -> its outputs and their artifact types, in DAG order.
 STAGE_OUTPUTS: dict[str, dict[str, type]] = {
     "ingest": {"items": Dataset, "samples": Dataset, "stats": Artifact},
+    "sid_quantize": {"embeddings": Dataset, "sid_map": Dataset, "codebooks": Model, "stats": Artifact},
 }
 assert tuple(STAGE_OUTPUTS) == STAGES
 
@@ -82,6 +84,7 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
     context = ctx.model_dump_json()
     images = {stage: cfg.images.for_stage(stage) for stage in STAGES}
     ingest_op = ingest_component.build(images["ingest"])
+    sid_quantize_op = sid_quantize_component.build(images["sid_quantize"])
 
     def section(stage: str) -> str:
         return cfg.section(stage).model_dump_json()
@@ -96,8 +99,10 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
         common = {"context": context, "run_key": run_key, "pipeline_job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
         ingest = ingest_op(config=section("ingest"), **common)
         _configure_task(ingest, "ingest", cfg, for_cluster)
+        sid_quantize = sid_quantize_op(config=section("sid_quantize"), items=ingest.outputs["items"], **common)
+        _configure_task(sid_quantize, "sid_quantize", cfg, for_cluster)
 
-        tasks = {"ingest": ingest}
+        tasks = {"ingest": ingest, "sid_quantize": sid_quantize}
         return PipelineOutputs(**{
             output_name(stage, name): tasks[stage].outputs[name]
             for stage, outs in STAGE_OUTPUTS.items() for name in outs

@@ -31,7 +31,7 @@ from pipeline.dag import STAGE_OUTPUTS, build_pipeline, output_name
 log = logging.getLogger(__name__)
 
 #: Outputs whose JSON content is reported as the run's metrics, per stage.
-METRIC_OUTPUTS = {"ingest": "stats"}
+METRIC_OUTPUTS = {"ingest": "stats", "sid_quantize": "stats"}
 
 
 def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_location: str | None) -> StageContext:

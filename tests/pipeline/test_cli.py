@@ -50,7 +50,7 @@ def test_compile_writes_ir_with_images_resources_and_platform(tmp_path, monkeypa
     assert "sk-do-not-compile-me" not in text
     spec, platform = _ir(out)
     assert spec["defaultPipelineRoot"] == "gs://sidreasoner/pipeline-root"
-    assert set(spec["root"]["dag"]["tasks"]) == set(STAGES)
+    assert set(spec["root"]["dag"]["tasks"]) == {stage.replace("_", "-") for stage in STAGES}  # kfp task names
     executors = spec["deploymentSpec"]["executors"]
     ingest = executors["exec-ingest"]["container"]
     assert ingest["image"] == "europe-docker.pkg.dev/p/sid/ingest:abc123"
@@ -69,7 +69,15 @@ def test_compile_writes_ir_with_images_resources_and_platform(tmp_path, monkeypa
     assert k8s["secretAsEnv"][0]["keyToEnv"][0] == {"secretKey": "api-key", "envVar": "TEACHER_API_KEY"}
     assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert k8s["podMetadata"]["labels"]["sidreasoner/stage"] == "ingest"
-    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {"ingest_items", "ingest_samples", "ingest_stats"}
+    assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {
+        "ingest_items", "ingest_samples", "ingest_stats",
+        "sid_quantize_embeddings", "sid_quantize_sid_map", "sid_quantize_codebooks", "sid_quantize_stats"}
+    sid_task = spec["root"]["dag"]["tasks"]["sid-quantize"]
+    assert sid_task["inputs"]["artifacts"]["items"]["taskOutputArtifact"] == {
+        "producerTask": "ingest", "outputArtifactKey": "items"}
+    assert executors["exec-sid-quantize"]["container"]["image"] == "europe-docker.pkg.dev/p/sid/sid-quantize:abc123"
+    outputs = spec["components"]["comp-sid-quantize"]["outputDefinitions"]["artifacts"]
+    assert outputs["codebooks"]["artifactType"]["schemaTitle"] == "system.Model"
 
     from kfp import components
 
@@ -129,7 +137,8 @@ def test_stage_cli_help_and_by_hand_run(tmp_path, demo_data):
 def test_local_run_end_to_end(tmp_path, demo_data):
     out = tmp_path / "run"
     assert cli.main(["run", "--config", "demo", "--out", str(out), "--set", f"ingest.source={demo_data}",
-                     "--set", "ingest.preprocess.min_window_items=50"]) == 0
+                     "--set", "ingest.preprocess.min_window_items=50",
+                     "--set", f"storage.cache_uri={tmp_path / 'cache'}"]) == 0
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "succeeded"
     assert list(record["stages"]) == list(STAGES)
@@ -138,6 +147,13 @@ def test_local_run_end_to_end(tmp_path, demo_data):
 
     assert storage.digest(items["uri"]) == items["metadata"]["digest"]
     assert record["metrics"]["ingest"]["samples"]["total"] > 0
+    sids = record["metrics"]["sid_quantize"]
+    assert sids["items"] == record["stages"]["ingest"]["items"]["metadata"]["rows"]
+    assert sids["collisions_after"]["duplicate_sids"] == 0 and sids["method"] == "rq_vae"
+    import pandas as pd
+
+    sid_map = pd.read_parquet(record["stages"]["sid_quantize"]["sid_map"]["uri"])
+    assert sid_map.sid.is_unique and len(sid_map) == sids["items"]
     assert record["config"]["ingest"]["source"] == str(demo_data)
 
     import mlflow
@@ -149,6 +165,24 @@ def test_local_run_end_to_end(tmp_path, demo_data):
     assert parent.data.tags[lineage.TAG_RUN_KEY] == record["run_id"]
     children = client.search_runs([record["mlflow"]["experiment_id"]],
                                   filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert [c.data.tags[lineage.TAG_STAGE] for c in children] == ["ingest"]
-    names = {d.dataset.name for d in children[0].inputs.dataset_inputs}
+    by_stage = {c.data.tags[lineage.TAG_STAGE]: c for c in children}
+    assert set(by_stage) == set(STAGES)
+    names = {d.dataset.name for d in by_stage["ingest"].inputs.dataset_inputs}
     assert names >= {"raw_reviews", "raw_meta", "items", "samples", "stats"}
+    names = {d.dataset.name for d in by_stage["sid_quantize"].inputs.dataset_inputs}
+    assert names >= {"items", "embeddings", "sid_map", "codebooks", "stats"}
+    assert by_stage["sid_quantize"].data.metrics["collisions_after.duplicate_sids"] == 0
+
+
+def test_cluster_problems_name_local_sid_quantize_uris():
+    from pipeline.config import load_config
+
+    cfg, _ = load_config("demo", CLUSTER)
+    assert cfg.cluster_problems() == []  # the bundled encoder ships in the image
+    cfg, _ = load_config("demo", [*CLUSTER, "sid_quantize.encoder.model=/models/qwen3-embedding",
+                                  "sid_quantize.incremental.previous_sid_map=build/run/sid_map.parquet",
+                                  "sid_quantize.incremental.previous_codebooks=gs://b/run/codebooks"])
+    assert cfg.cluster_problems() == [
+        "sid_quantize.encoder.model must be a gs:// URI on a cluster (got '/models/qwen3-embedding')",
+        "sid_quantize.incremental.previous_sid_map must be a gs:// URI on a cluster (got 'build/run/sid_map.parquet')",
+    ]

@@ -1,0 +1,1 @@
+"""SID quantization stage: item embeddings -> residual quantizer -> unique, stable Semantic IDs."""

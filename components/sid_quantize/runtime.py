@@ -1,0 +1,37 @@
+"""Where and how wide torch runs: device selection and CPU thread count."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when a GPU is visible, else cpu; ``cuda`` without a GPU is an error.
+
+    On cuda, cuBLAS is asked for deterministic matmuls (same seed, same SIDs on GPU too); this
+    takes effect when CUDA has not been initialised yet in the process, as in a pipeline task.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("sid_quantize: device cuda requested but no GPU is visible")
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Run the block with ``count`` torch CPU threads (unset: leave torch's default); restored
+    afterwards."""
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
