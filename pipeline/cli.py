@@ -26,7 +26,7 @@ import yaml
 
 from components.common.config import ConfigError
 from components.common.logs import setup_logging
-from pipeline.config import RunConfig, load_config
+from pipeline.config import STAGES, RunConfig, load_config
 
 log = logging.getLogger("sidreasoner")
 
@@ -64,9 +64,16 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from pipeline.local import default_run_dir, run_local
 
+    from components.common.training import visible_gpus
+    import pandas as pd
+
+    from components.evaluate.report import format_metrics_table
+
     cfg, profile = _load(args)
+    cfg.check_hardware({stage: visible_gpus() for stage in STAGES})
     out = Path(args.out) if args.out else default_run_dir(cfg)
     record = run_local(cfg, profile, out)
+    print("\n" + format_metrics_table(pd.DataFrame(record["metrics"])))
     print(f"\nrun {record['run_id']} {record['status']}")
     print(f"run folder: {out.resolve()}")
     print(f"run record: {out.resolve() / 'run.json'}")
@@ -90,6 +97,7 @@ def compile_to(cfg: RunConfig, profile: str, path: Path) -> Path:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     cfg, profile = _load(args)
+    cfg.check_hardware(cfg.requested_gpus())
     for problem in cfg.cluster_problems():
         log.warning("not cluster-ready (submit would refuse): %s", problem)
     path = compile_to(cfg, profile, Path(args.out))
@@ -98,6 +106,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def _cluster_ready(cfg: RunConfig) -> None:
+    cfg.check_hardware(cfg.requested_gpus())
     problems = cfg.cluster_problems()
     if problems:
         raise ConfigError("this profile cannot run on a cluster:\n  " + "\n  ".join(problems))

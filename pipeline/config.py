@@ -25,21 +25,42 @@ from components.common.config import (
     load_yaml,
     parse_section,
 )
+from components.align_sft.config import AlignSFTConfig
+from components.common.training import TrainerSettings, check_hardware
+from components.evaluate.config import EvaluateConfig
+from components.grpo.config import GRPOStageConfig
 from components.ingest.config import IngestConfig
+from components.reason_sft.config import ReasonSFTConfig
 from components.sid_quantize.config import BUILTIN_MINILM, SidQuantizeConfig
+from components.teacher_corpus.config import TeacherCorpusConfig
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 #: Stages in DAG order. A stage's name is also its config section and resources key.
-STAGES: tuple[str, ...] = ("ingest", "sid_quantize")
+STAGES: tuple[str, ...] = ("ingest", "sid_quantize", "teacher_corpus", "align_sft", "reason_sft", "grpo",
+                           "evaluate")
+#: Stages that train a model (their settings are checked against the GPUs they will get).
+TRAINING_STAGES: tuple[str, ...] = ("align_sft", "reason_sft", "grpo")
+
+
+def _cpu(cpu: str, memory: str):
+    return lambda: ResourceSpec(cpu_request=cpu, memory_request=memory)
 
 
 class Resources(Section):
     """Kubernetes resources per stage."""
 
-    ingest: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu_request="2", memory_request="8G"))
-    sid_quantize: ResourceSpec = Field(default_factory=lambda: ResourceSpec(cpu_request="4", memory_request="16G"))
+    ingest: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
+    sid_quantize: ResourceSpec = Field(default_factory=_cpu("4", "16G"))
     """The paper's encoder (Qwen3-Embedding-4B) wants a GPU: set gpus and a node selector."""
+    teacher_corpus: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
+    """Network-bound (teacher calls); no GPU."""
+    align_sft: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
+    """Paper scale: 4 GPUs (RECIPE.md section 8)."""
+    reason_sft: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
+    grpo: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
+    evaluate: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
+    """Paper scale: 2 GPUs (the test set sharded)."""
 
 
 class RunConfig(Section):
@@ -48,6 +69,11 @@ class RunConfig(Section):
     run: RunSection = Field(default_factory=RunSection)
     ingest: IngestConfig
     sid_quantize: SidQuantizeConfig = Field(default_factory=SidQuantizeConfig)
+    teacher_corpus: TeacherCorpusConfig = Field(default_factory=TeacherCorpusConfig)
+    align_sft: AlignSFTConfig
+    reason_sft: ReasonSFTConfig = Field(default_factory=ReasonSFTConfig)
+    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     resources: Resources = Field(default_factory=Resources)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -69,6 +95,23 @@ class RunConfig(Section):
     def section(self, stage: str) -> Section:
         return getattr(self, stage)
 
+    def check_hardware(self, gpus: dict[str, int]) -> None:
+        """Refuse settings the given GPUs per stage cannot run (bf16 or several processes
+        without a GPU, a CUDA-only evaluation engine on a CPU) before any stage starts."""
+        for stage in TRAINING_STAGES:
+            settings: TrainerSettings = self.section(stage)
+            check_hardware(settings, stage, gpus[stage])
+        if gpus["evaluate"] == 0 and (self.evaluate.device == "cuda" or self.evaluate.engine == "vllm"):
+            raise ConfigError("evaluate.device/engine: CUDA decoding was requested but the evaluate step "
+                              "has no GPU; use device auto/cpu and engine transformers")
+        if gpus["evaluate"] and self.evaluate.shards > gpus["evaluate"]:
+            raise ConfigError(f"evaluate.shards: {self.evaluate.shards} shards need as many GPUs, the step "
+                              f"has {gpus['evaluate']} (resources.evaluate.gpus)")
+
+    def requested_gpus(self) -> dict[str, int]:
+        """GPUs each stage's pod requests on a cluster."""
+        return {stage: getattr(self.resources, stage).gpus for stage in STAGES}
+
     def cluster_problems(self) -> list[str]:
         """What would not work inside a Kubeflow pod (local paths, a local MLflow store)."""
         problems = []
@@ -81,9 +124,18 @@ class RunConfig(Section):
                            ("ingest.source", self.ingest.source),
                            ("sid_quantize.encoder.model", encoder),
                            ("sid_quantize.incremental.previous_sid_map", sid.incremental.previous_sid_map),
-                           ("sid_quantize.incremental.previous_codebooks", sid.incremental.previous_codebooks)):
+                           ("sid_quantize.incremental.previous_codebooks", sid.incremental.previous_codebooks),
+                           ("teacher_corpus.cache_uri", self.teacher_corpus.cache_uri),
+                           ("align_sft.backbone.uri", self.align_sft.backbone.uri)):
             if value is not None and not storage.is_gcs(value):
                 problems.append(f"{key} must be a gs:// URI on a cluster (got {value!r})")
+        teacher = self.teacher_corpus.teacher
+        if teacher.backend != "offline":
+            exposed = {env for secret in self.kubernetes.secrets if "teacher_corpus" in secret.stages
+                       for env in secret.env}
+            if teacher.api_key_env and teacher.api_key_env not in exposed:
+                problems.append(f"teacher_corpus.teacher.api_key_env {teacher.api_key_env} is not set from any "
+                                "kubernetes.secrets entry for the teacher_corpus stage")
         return problems
 
 

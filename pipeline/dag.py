@@ -10,20 +10,24 @@ report all artifact URIs (``run.json``) and the IR documents them.
 """
 
 
+import importlib
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Artifact, Dataset, Model
+from kfp.dsl import HTML, Artifact, Dataset, Model
 
 from components.common.stage import StageContext
-from components.ingest import component as ingest_component
-from components.sid_quantize import component as sid_quantize_component
 from pipeline.config import STAGES, RunConfig
 
 #: Stage -> its outputs and their artifact types, in DAG order.
 STAGE_OUTPUTS: dict[str, dict[str, type]] = {
     "ingest": {"items": Dataset, "samples": Dataset, "stats": Artifact},
     "sid_quantize": {"embeddings": Dataset, "sid_map": Dataset, "codebooks": Model, "stats": Artifact},
+    "teacher_corpus": {"corpus": Dataset, "reasoning": Dataset, "stats": Artifact},
+    "align_sft": {"model": Model, "stats": Artifact},
+    "reason_sft": {"model": Model, "stats": Artifact},
+    "grpo": {"model": Model, "stats": Artifact},
+    "evaluate": {"metrics": Dataset, "predictions": Dataset, "report": HTML, "stats": Artifact},
 }
 assert tuple(STAGE_OUTPUTS) == STAGES
 
@@ -82,9 +86,8 @@ def _configure_task(task: Any, stage: str, cfg: RunConfig, for_cluster: bool) ->
 def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
     """The pipeline function for ``cfg``; ``ctx`` is the static part of every stage's context."""
     context = ctx.model_dump_json()
-    images = {stage: cfg.images.for_stage(stage) for stage in STAGES}
-    ingest_op = ingest_component.build(images["ingest"])
-    sid_quantize_op = sid_quantize_component.build(images["sid_quantize"])
+    ops = {stage: importlib.import_module(f"components.{stage}.component").build(cfg.images.for_stage(stage))
+           for stage in STAGES}
 
     def section(stage: str) -> str:
         return cfg.section(stage).model_dump_json()
@@ -97,12 +100,25 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
     )
     def sidreasoner(run_key: str = "") -> PipelineOutputs:
         common = {"context": context, "run_key": run_key, "pipeline_job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
-        ingest = ingest_op(config=section("ingest"), **common)
-        _configure_task(ingest, "ingest", cfg, for_cluster)
-        sid_quantize = sid_quantize_op(config=section("sid_quantize"), items=ingest.outputs["items"], **common)
-        _configure_task(sid_quantize, "sid_quantize", cfg, for_cluster)
 
-        tasks = {"ingest": ingest, "sid_quantize": sid_quantize}
+        def step(stage: str, **inputs: Any):
+            task = ops[stage](config=section(stage), **inputs, **common)
+            _configure_task(task, stage, cfg, for_cluster)
+            return task
+
+        ingest = step("ingest")
+        items, samples = ingest.outputs["items"], ingest.outputs["samples"]
+        sid = step("sid_quantize", items=items)
+        sid_map = sid.outputs["sid_map"]
+        corpus = step("teacher_corpus", items=items, samples=samples, sid_map=sid_map)
+        reasoning = corpus.outputs["reasoning"]
+        align = step("align_sft", items=items, samples=samples, sid_map=sid_map, corpus=corpus.outputs["corpus"])
+        reason = step("reason_sft", sft_model=align.outputs["model"], reasoning=reasoning, sid_map=sid_map)
+        grpo = step("grpo", reasoning_model=reason.outputs["model"], reasoning=reasoning, sid_map=sid_map)
+        evaluate = step("evaluate", model=grpo.outputs["model"], sid_map=sid_map, items=items, samples=samples)
+
+        tasks = {"ingest": ingest, "sid_quantize": sid, "teacher_corpus": corpus, "align_sft": align,
+                 "reason_sft": reason, "grpo": grpo, "evaluate": evaluate}
         return PipelineOutputs(**{
             output_name(stage, name): tasks[stage].outputs[name]
             for stage, outs in STAGE_OUTPUTS.items() for name in outs

@@ -6,7 +6,8 @@ A run folder holds everything of one run::
     DIR/kfp/            kfp's local pipeline root: one folder per task with its outputs
     DIR/mlflow.db       the MLflow store (sqlite) unless tracking.uri is set
     DIR/mlartifacts/    MLflow artifacts of that store
-    DIR/run.json        run id, config, every stage's output URIs and metadata, final metrics
+    DIR/run.json        run id, config, every stage's output URIs and metadata, every stage's
+                        stats, and the final metrics (evaluate's metrics table as rows)
 """
 
 from __future__ import annotations
@@ -29,10 +30,6 @@ from pipeline.config import STAGES, RunConfig
 from pipeline.dag import STAGE_OUTPUTS, build_pipeline, output_name
 
 log = logging.getLogger(__name__)
-
-#: Outputs whose JSON content is reported as the run's metrics, per stage.
-METRIC_OUTPUTS = {"ingest": "stats", "sid_quantize": "stats"}
-
 
 def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_location: str | None) -> StageContext:
     return StageContext(
@@ -79,7 +76,7 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
     record: dict[str, Any] = {
         "run_id": run_key, "profile": profile, "status": "running",
         "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id},
-        "config": cfg.model_dump(mode="json"), "stages": {}, "metrics": {},
+        "config": cfg.model_dump(mode="json"), "stages": {}, "stats": {}, "metrics": [],
     }
     try:
         result = pipeline_func(run_key=run_key)
@@ -94,8 +91,10 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
                    "metadata": dict(result.outputs[output_name(stage, name)].metadata)}
             for name in outs
         }
-    for stage, name in METRIC_OUTPUTS.items():
-        record["metrics"][stage] = storage.read_json(record["stages"][stage][name]["uri"])
+    for stage in STAGES:  # every stage writes a JSON stats artifact
+        record["stats"][stage] = storage.read_json(record["stages"][stage]["stats"]["uri"])
+    metrics = storage.read_parquet(record["stages"]["evaluate"]["metrics"]["uri"])
+    record["metrics"] = metrics.to_pylist()
     record["status"] = "succeeded"
     lineage.end_parent_run(parent_id, "FINISHED")
     storage.write_json(out / "run.json", record)

@@ -13,6 +13,7 @@ import yaml
 from components.common import lineage
 from pipeline import cli
 from pipeline.config import CONFIG_DIR, STAGES
+from pipeline.dag import STAGE_OUTPUTS, output_name
 from tests.pipeline.kfp_api import FakeKfpApi
 
 CLUSTER = [
@@ -70,8 +71,15 @@ def test_compile_writes_ir_with_images_resources_and_platform(tmp_path, monkeypa
     assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert k8s["podMetadata"]["labels"]["sidreasoner/stage"] == "ingest"
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {
-        "ingest_items", "ingest_samples", "ingest_stats",
-        "sid_quantize_embeddings", "sid_quantize_sid_map", "sid_quantize_codebooks", "sid_quantize_stats"}
+        output_name(stage, name) for stage, outs in STAGE_OUTPUTS.items() for name in outs}
+    for stage in STAGES:  # every task runs in its own stage image
+        image = executors[f"exec-{stage.replace('_', '-')}"]["container"]["image"]
+        assert image == f"europe-docker.pkg.dev/p/sid/{stage.replace('_', '-')}:abc123"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["evaluate"]["inputs"]["artifacts"]["model"]["taskOutputArtifact"] == {
+        "producerTask": "grpo", "outputArtifactKey": "model"}
+    assert tasks["reason-sft"]["inputs"]["artifacts"]["sft_model"]["taskOutputArtifact"] == {
+        "producerTask": "align-sft", "outputArtifactKey": "model"}
     sid_task = spec["root"]["dag"]["tasks"]["sid-quantize"]
     assert sid_task["inputs"]["artifacts"]["items"]["taskOutputArtifact"] == {
         "producerTask": "ingest", "outputArtifactKey": "items"}
@@ -132,46 +140,6 @@ def test_stage_cli_help_and_by_hand_run(tmp_path, demo_data):
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p.name for p in out.iterdir()} >= {"items.parquet", "samples.parquet", "stats.json", "mlflow.db"}
     assert json.loads(proc.stdout)["metadata"]["items"]["rows"] > 0
-
-
-def test_local_run_end_to_end(tmp_path, demo_data):
-    out = tmp_path / "run"
-    assert cli.main(["run", "--config", "demo", "--out", str(out), "--set", f"ingest.source={demo_data}",
-                     "--set", "ingest.preprocess.min_window_items=50",
-                     "--set", f"storage.cache_uri={tmp_path / 'cache'}"]) == 0
-    record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "succeeded"
-    assert list(record["stages"]) == list(STAGES)
-    items = record["stages"]["ingest"]["items"]
-    from components.common import storage
-
-    assert storage.digest(items["uri"]) == items["metadata"]["digest"]
-    assert record["metrics"]["ingest"]["samples"]["total"] > 0
-    sids = record["metrics"]["sid_quantize"]
-    assert sids["items"] == record["stages"]["ingest"]["items"]["metadata"]["rows"]
-    assert sids["collisions_after"]["duplicate_sids"] == 0 and sids["method"] == "rq_vae"
-    import pandas as pd
-
-    sid_map = pd.read_parquet(record["stages"]["sid_quantize"]["sid_map"]["uri"])
-    assert sid_map.sid.is_unique and len(sid_map) == sids["items"]
-    assert record["config"]["ingest"]["source"] == str(demo_data)
-
-    import mlflow
-
-    mlflow.set_tracking_uri(record["mlflow"]["tracking_uri"])
-    client = mlflow.MlflowClient()
-    parent = client.get_run(record["mlflow"]["parent_run_id"])
-    assert parent.info.status == "FINISHED"
-    assert parent.data.tags[lineage.TAG_RUN_KEY] == record["run_id"]
-    children = client.search_runs([record["mlflow"]["experiment_id"]],
-                                  filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    by_stage = {c.data.tags[lineage.TAG_STAGE]: c for c in children}
-    assert set(by_stage) == set(STAGES)
-    names = {d.dataset.name for d in by_stage["ingest"].inputs.dataset_inputs}
-    assert names >= {"raw_reviews", "raw_meta", "items", "samples", "stats"}
-    names = {d.dataset.name for d in by_stage["sid_quantize"].inputs.dataset_inputs}
-    assert names >= {"items", "embeddings", "sid_map", "codebooks", "stats"}
-    assert by_stage["sid_quantize"].data.metrics["collisions_after.duplicate_sids"] == 0
 
 
 def test_cluster_problems_name_local_sid_quantize_uris():
