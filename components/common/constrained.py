@@ -394,7 +394,8 @@ def constrained_beam_search_ids(model: Any, prompt_ids: Sequence[Sequence[int]],
     return results
 
 
-def _left_pad(prompt_ids: list[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(prompt_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` (CPU tensors) of token-id lists."""
     width = max(len(ids) for ids in prompt_ids)
     input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
@@ -406,7 +407,7 @@ def _left_pad(prompt_ids: list[Sequence[int]], pad_token_id: int) -> tuple[torch
 
 def _beam_batch(model: Any, prompt_ids: list[Sequence[int]], pad_token_id: int, trie: SidTrie, num_beams: int,
                 device: torch.device) -> list[RankedSids]:
-    input_ids, attention = _left_pad(prompt_ids, pad_token_id)
+    input_ids, attention = left_pad(prompt_ids, pad_token_id)
     input_ids, attention = input_ids.to(device), attention.to(device)
     batch = input_ids.shape[0]
     positions = (attention.cumsum(-1) - 1).clamp(min=0)

@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from components.common.constrained import RankedSids, SidTrie, constrained_beam_search_ids
+from components.common.constrained import RankedSids, SidTrie, constrained_beam_search_ids, left_pad
 from components.common.modeling import THINK_CLOSE
 
 log = logging.getLogger(__name__)
@@ -112,12 +112,8 @@ class HfEngine:
     def sample(self, prompt_ids: Sequence[Sequence[int]], n: int, max_tokens: int,
                stop_ids: Sequence[int]) -> list[list[list[int]]]:
         """``n`` sampled continuations of each prompt, each cut after its first stop token."""
-        width = max(len(ids) for ids in prompt_ids)
-        input_ids = torch.full((len(prompt_ids), width), self.pad_token_id, dtype=torch.long)
-        attention = torch.zeros_like(input_ids)
-        for row, ids in enumerate(prompt_ids):
-            input_ids[row, width - len(ids):] = torch.as_tensor(list(ids))
-            attention[row, width - len(ids):] = 1
+        input_ids, attention = left_pad(prompt_ids, self.pad_token_id)
+        width = input_ids.shape[1]
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens, config.num_return_sequences, config.eos_token_id = max_tokens, n, list(stop_ids)
         device = next(self.model.parameters()).device

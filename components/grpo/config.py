@@ -125,7 +125,8 @@ class GRPOStageConfig(TrainerSettings):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Advantage normalisation: by the group's reward std (the recipe), the batch's, or none."""
     mask_truncated_completions: bool = False
-    """Exclude completions cut at max_completion_length from the loss."""
+    """Exclude completions cut at max_completion_length from the loss (free sampling; beam_rank
+    completions always end with EOS, a reasoning cut at its budget being closed by the rollout)."""
     max_prompts: int | None = Field(None, ge=1)
     """Cap on training prompts (a seeded sample); null: every reasoning row."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
