@@ -1,6 +1,7 @@
 """Training throughput on the tiny model: tokens/s of SFT steps (vs a bare PyTorch AdamW loop on
-the same batches) and of GRPO steps (vs bare HF generate of the same rollouts); CPU, plus the
-same on a GPU (bf16) when one is present."""
+the same batches) and of GRPO steps (vs bare HF generate of the same rollouts), the latter in both
+reward modes (free sampling + prefix reward; trie-constrained beam rollouts + rank reward, timed
+against the free mode's steps); CPU, plus the same on a GPU (bf16) when one is present."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from components.grpo.config import GRPOStageConfig
 
 SFT_STEPS, SFT_BATCH = 20, 16
 GRPO_STEPS, GRPO_PROMPTS, GRPO_GROUP, GRPO_NEW_TOKENS = 3, 8, 4, 32
+GRPO_BEAM_WIDTH = 2  # beam mode: 2 reasonings x 2 SID beams per group of 4
 
 
 def _backbone(root: Path, catalog: list[str]) -> Path:
@@ -95,17 +97,9 @@ def _grpo(root: Path, base: Path, rows: list[data.ReasoningRow], catalog: list[s
     texts = [prompts.render_prompt(tokenizer, prompts.reasoning_messages(r.history_sids)) for r in rows]
     Dataset.from_dict({"prompt": texts, "target_sid": [r.target_sid for r in rows]}).save_to_disk(str(root / "prompts"))
     rollouts = GRPO_PROMPTS * GRPO_GROUP
-    cfg = GRPOStageConfig(bf16=gpu, gradient_checkpointing=False, learning_rate=1e-5, max_steps=GRPO_STEPS,
-                          num_generations=GRPO_GROUP, rollout_batch_size=rollouts, per_device_batch_size=rollouts,
-                          rollout={"engine": "hf", "max_completion_length": GRPO_NEW_TOKENS})
-    job = _job(root, "grpo", "components.grpo.train:train_grpo", {
-        "config": cfg.model_dump(mode="json"), "base_model": str(base), "prompts": str(root / "prompts"),
-        "catalog": catalog_sids, "sid_vocab": catalog, "gradient_accumulation_steps": 1, "use_vllm": False}, gpu)
-    training.run_entry(job)
-    result = json.loads(job.result_path.read_text())
-    steps = [r for r in result["log_history"] if "reward" in r]
-    step_seconds = sum(r["step_time"] for r in steps) / len(steps)
-    completion_tokens = sum(r["completions/mean_length"] for r in steps) / len(steps) * rollouts
+    step_seconds, completion_tokens = _grpo_steps(root, "grpo", base, catalog, catalog_sids, gpu, {})
+    beam_seconds, beam_tokens = _grpo_steps(root, "grpo-beam", base, catalog, catalog_sids, gpu,
+                                            {"mode": "beam_rank", "beam_width": GRPO_BEAM_WIDTH})
 
     # baseline: bare sampling of the same number of rollouts, no training
     device = "cuda" if gpu else "cpu"
@@ -120,7 +114,26 @@ def _grpo(root: Path, base: Path, rows: list[data.ReasoningRow], catalog: list[s
     grpo_tokens_per_s, bare_tokens_per_s = completion_tokens / step_seconds, generated / generate_seconds
     return {"grpo_step_seconds": step_seconds, "grpo_completion_tokens_per_s": grpo_tokens_per_s,
             "bare_generate_tokens_per_s": bare_tokens_per_s,
-            "grpo_vs_bare_generate_speed_ratio": grpo_tokens_per_s / bare_tokens_per_s}
+            "grpo_vs_bare_generate_speed_ratio": grpo_tokens_per_s / bare_tokens_per_s,
+            "grpo_beam_step_seconds": beam_seconds, "grpo_beam_completion_tokens_per_s": beam_tokens / beam_seconds,
+            "grpo_beam_vs_free_step_time_ratio": beam_seconds / step_seconds}
+
+
+def _grpo_steps(root: Path, name: str, base: Path, catalog: list[str], catalog_sids: list[str], gpu: bool,
+                reward: dict) -> tuple[float, float]:
+    """(mean seconds per GRPO step, trained completion tokens per step) of ``GRPO_STEPS`` steps."""
+    rollouts = GRPO_PROMPTS * GRPO_GROUP
+    cfg = GRPOStageConfig(bf16=gpu, gradient_checkpointing=False, learning_rate=1e-5, max_steps=GRPO_STEPS,
+                          num_generations=GRPO_GROUP, rollout_batch_size=rollouts, per_device_batch_size=rollouts,
+                          reward=reward, rollout={"engine": "hf", "max_completion_length": GRPO_NEW_TOKENS})
+    job = _job(root, name, "components.grpo.train:train_grpo", {
+        "config": cfg.model_dump(mode="json"), "base_model": str(base), "prompts": str(root / "prompts"),
+        "catalog": catalog_sids, "sid_vocab": catalog, "gradient_accumulation_steps": 1, "use_vllm": False}, gpu)
+    training.run_entry(job)
+    result = json.loads(job.result_path.read_text())
+    steps = [r for r in result["log_history"] if "reward" in r]
+    step_seconds = sum(r["step_time"] for r in steps) / len(steps)
+    return step_seconds, sum(r["completions/mean_length"] for r in steps) / len(steps) * rollouts
 
 
 def _profile(gpu: bool) -> dict:

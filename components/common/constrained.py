@@ -27,7 +27,8 @@ Entry points:
   sampling or ``num_beams``);
 * :func:`constrained_beam_search` runs the SID beam search for a batch of prompt texts, prefilling
   each prompt once and sharing its KV cache across the beams, and returns the ranked SIDs with
-  their log-probabilities (what evaluation and GRPO's beam rollouts consume);
+  their log-probabilities (what evaluation consumes); :func:`constrained_beam_search_ids` does
+  the same from token ids (what GRPO's beam rollouts consume: the prefix is sampled tokens);
 * ``components.common.constrained_vllm`` wraps the same trie as a vLLM V1 logits processor.
 """
 
@@ -365,27 +366,49 @@ def constrained_beam_search(model: Any, tokenizer: Any, prompts: Sequence[str], 
     tokens' log-probabilities, identical to an exhaustive teacher-forced scoring of the returned
     SIDs; with ``num_beams`` at least the catalog size the search is exhaustive.
     """
+    ensure_pad_token(tokenizer)
+    prompt_ids = tokenizer(list(prompts), add_special_tokens=False).input_ids
+    return constrained_beam_search_ids(model, prompt_ids, trie, pad_token_id=tokenizer.pad_token_id,
+                                       num_beams=num_beams, batch_size=batch_size)
+
+
+@torch.inference_mode()
+def constrained_beam_search_ids(model: Any, prompt_ids: Sequence[Sequence[int]], trie: SidTrie, *,
+                                pad_token_id: int, num_beams: int = 10, batch_size: int = 8) -> list[RankedSids]:
+    """:func:`constrained_beam_search` on token ids: for callers whose prefix must be exactly the
+    tokens they hold (e.g. GRPO rollouts continuing sampled reasoning, where re-tokenizing the
+    decoded text could merge tokens differently)."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1 (got {num_beams})")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1 (got {batch_size})")
-    ensure_pad_token(tokenizer)
+    if any(len(ids) == 0 for ids in prompt_ids):
+        raise ValueError("empty prompt")
     device = next(model.parameters()).device
     if trie.device != device:
         trie.to(device)
     results: list[RankedSids] = []
-    for start in range(0, len(prompts), batch_size):
-        results.extend(_beam_batch(model, tokenizer, list(prompts[start : start + batch_size]), trie,
+    for start in range(0, len(prompt_ids), batch_size):
+        results.extend(_beam_batch(model, list(prompt_ids[start : start + batch_size]), pad_token_id, trie,
                                    num_beams, device))
     return results
 
 
-def _beam_batch(model: Any, tokenizer: Any, prompts: list[str], trie: SidTrie, num_beams: int,
+def left_pad(prompt_ids: Sequence[Sequence[int]], pad_token_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded ``input_ids`` and ``attention_mask`` (CPU tensors) of token-id lists."""
+    width = max(len(ids) for ids in prompt_ids)
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids):] = torch.as_tensor(list(ids), dtype=torch.long)
+        attention[row, width - len(ids):] = 1
+    return input_ids, attention
+
+
+def _beam_batch(model: Any, prompt_ids: list[Sequence[int]], pad_token_id: int, trie: SidTrie, num_beams: int,
                 device: torch.device) -> list[RankedSids]:
-    enc = tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
-    if enc.input_ids.shape[1] == 0:
-        raise ValueError("empty prompt")
-    input_ids, attention = enc.input_ids.to(device), enc.attention_mask.to(device)
+    input_ids, attention = left_pad(prompt_ids, pad_token_id)
+    input_ids, attention = input_ids.to(device), attention.to(device)
     batch = input_ids.shape[0]
     positions = (attention.cumsum(-1) - 1).clamp(min=0)
     out = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, use_cache=True,

@@ -5,7 +5,9 @@ step with one update per generation batch (on-policy), clip 0.2, group-normalise
 KL to the reference model as a loss with coefficient 0.001 (TRL's k3 estimator, the recipe's
 ``low_var_kl``), lr 5e-7 constant, weight decay 0.01, gradient checkpointing, temperature 1.0,
 top-p 1, no top-k, prompts and responses up to 1,024 tokens, about 100 steps; reward = prefix
-reward 0.25 / 0.5 / 1.0 + 0.1 for a real catalog SID.
+reward 0.25 / 0.5 / 1.0 + 0.1 for a real catalog SID. The second reward mode, ``beam_rank``
+(trie-constrained beam rollouts with an exact-match rank reward), is the later SIDReasoner
+code's (RECIPE.md section 11); it is selected with ``reward.mode``.
 """
 
 from __future__ import annotations
@@ -21,9 +23,21 @@ from components.common.training import TrainerSettings
 class RewardConfig(Section):
     """How a rollout is scored."""
 
-    mode: Literal["prefix"] = "prefix"
+    mode: Literal["prefix", "beam_rank"] = "prefix"
     """prefix: free sampling, scored by the recipe's rule on the SID after </think> (the
-    matching prefix of the target SID, plus a bonus when the SID is a catalog item)."""
+    matching prefix of the target SID, plus a bonus when the SID is a catalog item).
+    beam_rank: sampled reasoning up to </think>, then a trie-constrained beam search of the SID
+    conditioned on it; every beam is one completion of the group, scored by the exact-match rank
+    reward (components/grpo/beam.py; RECIPE.md section 11)."""
+    beam_width: int = Field(4, ge=1)
+    """beam_rank: SID beams per sampled reasoning. A group of num_generations completions is
+    num_generations / beam_width reasonings x beam_width beams, so it must divide
+    num_generations. With beam_width = num_generations (one reasoning per prompt) the reasoning
+    tokens get no policy gradient: every beam shares them and a group's advantages sum to 0."""
+    rank_reward: Literal["ndcg", "top1"] = "ndcg"
+    """beam_rank: reward of the beam whose SID is the target, by its 0-based rank r among its
+    reasoning's beams (by summed log-probability): ndcg: 1 / log2(r + 2) (1, 0.63, 0.5, ...), the
+    NDCG gain of one relevant item; top1: 1 at rank 0 only. Every other beam gets 0."""
     level_rewards: list[float] = Field(default_factory=lambda: [0.25, 0.5, 1.0])
     """Reward when the first 1, 2, ... SID levels match the target (0 when the first does
     not); one value per SID level, non-decreasing."""
@@ -111,7 +125,8 @@ class GRPOStageConfig(TrainerSettings):
     scale_rewards: Literal["group", "batch", "none"] = "group"
     """Advantage normalisation: by the group's reward std (the recipe), the batch's, or none."""
     mask_truncated_completions: bool = False
-    """Exclude completions cut at max_completion_length from the loss."""
+    """Exclude completions cut at max_completion_length from the loss (free sampling; beam_rank
+    completions always end with EOS, a reasoning cut at its budget being closed by the rollout)."""
     max_prompts: int | None = Field(None, ge=1)
     """Cap on training prompts (a seeded sample); null: every reasoning row."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
@@ -127,6 +142,22 @@ class GRPOStageConfig(TrainerSettings):
         if self.rollout_batch_size % self.per_device_batch_size:
             raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
                              f"per_device_batch_size ({self.per_device_batch_size})")
+        return self
+
+    @model_validator(mode="after")
+    def _beam_rollouts(self) -> GRPOStageConfig:
+        if self.reward.mode != "beam_rank":
+            return self
+        if self.num_generations % self.reward.beam_width:
+            raise ValueError(f"reward.beam_width ({self.reward.beam_width}) must divide the group size "
+                             f"num_generations ({self.num_generations}): a group is reasonings x beams")
+        if self.rollout.engine != "hf" and self.rollout.vllm_mode == "server":
+            raise ValueError("reward.mode beam_rank: the trie logits processor runs inside the rollout engine, "
+                             "which a `trl vllm-serve` server does not load; use rollout.vllm_mode 'colocate' "
+                             "(or engine 'hf')")
+        if self.rollout.engine != "hf" and self.rollout.vllm_tensor_parallel_size > 1:
+            raise ValueError("reward.mode beam_rank: each training process drives its own colocated vLLM engine; "
+                             "rollout.vllm_tensor_parallel_size must be 1")
         return self
 
     @property

@@ -12,12 +12,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-#: Table column -> key in TRL's log record.
+#: Table column -> key in TRL's log record (a column of the other reward mode stays empty).
 COLUMNS = {
     "reward": "reward",
     "reward_std": "reward_std",
     "prefix_reward": "rewards/prefix_reward/mean",
+    "rank_reward": "rewards/rank_reward/mean",
     "hit_rate": "rollout/hit_rate",
+    "beam_hit_rate": "rollout/beam_hit_rate",
+    "reasoning_closed_rate": "rollout/reasoning_closed_rate",
     "valid_sid_rate": "rollout/valid_sid_rate",
     "well_formed_rate": "rollout/well_formed_rate",
     "reasoning_tokens": "rollout/reasoning_tokens",
@@ -77,7 +80,8 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         return sum(values) / len(values) if values else None
 
     summary: dict[str, Any] = {"logged_steps": len(table)}
-    for col in ("reward", "hit_rate", "valid_sid_rate", "reasoning_tokens", "reasoning_chars", "kl"):
+    for col in ("reward", "hit_rate", "beam_hit_rate", "reasoning_closed_rate", "valid_sid_rate", "reasoning_tokens",
+                "reasoning_chars", "kl"):
         summary[f"{col}_first"] = mean(table[:window], col)
         summary[f"{col}_last"] = mean(table[-window:], col)
     paired = [(r["reward"], r["reasoning_tokens"]) for r in table

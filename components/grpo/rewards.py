@@ -14,13 +14,25 @@ TRL calls reward functions with the batch (``completions``, dataset columns such
 (hit rate, well-formed rate, valid-SID rate, reasoning length) through ``log_metric``.
 
 Reward modes: ``build_reward_funcs`` dispatches on ``RewardConfig.mode``. A mode returns the
-reward functions and their weights; a mode that needs its own rollouts (e.g. trie-constrained
-beam search) would also return TRL's ``rollout_func``.
+reward functions and their weights, and, when it makes its own rollouts, TRL's ``rollout_func``:
+
+* ``prefix``: free sampling; R = R_sr + 0.1 R_f (above);
+* ``beam_rank``: sampled reasoning, then trie-constrained SID beams, each beam one completion
+  (:mod:`components.grpo.beam`). Exact-match rank reward: the beam whose SID is the target gets
+  ``1 / log2(r + 2)`` for its 0-based rank r among its reasoning's beams (``rank_reward: ndcg``,
+  the NDCG gain of one relevant item) or 1 at rank 0 only (``top1``); every other beam gets 0.
+  The later SIDReasoner code's exact formula is not published (peers: MiniOneRec's beam-rollout
+  ranking reward is an exact-match 1 plus rank-discounted ``1 / log2(r + 2)`` penalties on the
+  other beams when the target is among them), so this rank-discounted exact match is our choice,
+  documented in docs/training.md. Plus the same ``catalog_bonus`` x R_f, which is always 1
+  under the trie: it keeps rewards on the prefix mode's 0-1.1 scale and its valid-SID rate
+  checks the trie's guarantee on every step.
 """
 
 from __future__ import annotations
 
 import functools
+import math
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -75,6 +87,22 @@ def recipe_reward(completion: str, target_sid: str, catalog: Collection[str], le
             + catalog_bonus * catalog_score(completion, catalog, len(level_rewards), tail_chars))
 
 
+def rank_gain(rank: int, scheme: str) -> float:
+    """Reward of the target found at 0-based ``rank`` among a reasoning's beams."""
+    if rank < 0:
+        raise ValueError(f"a beam rank is >= 0 (got {rank})")
+    if scheme == "ndcg":
+        return 1.0 / math.log2(rank + 2)
+    if scheme == "top1":
+        return 1.0 if rank == 0 else 0.0
+    raise ValueError(f"unknown rank reward {scheme!r} (ndcg or top1)")
+
+
+def rank_score(beam_sid: str, beam_rank: int, target_sid: str, scheme: str) -> float:
+    """The exact-match rank reward of one beam: its rank gain when it is the target, else 0."""
+    return rank_gain(beam_rank, scheme) if beam_sid == target_sid else 0.0
+
+
 def reasoning_text(completion: str) -> str | None:
     """The text inside the think block (None when ``</think>`` never comes)."""
     if THINK_CLOSE not in completion:
@@ -101,6 +129,17 @@ def _mean(values: Sequence[float]) -> float | None:
 # ----------------------------------------------------------------------------------------------
 
 
+def _log_reasoning_length(log_metric: Callable[[str, float], None], completions: list[str],
+                          completion_ids: list[list[int]] | None, think_ids: tuple[int, int]) -> None:
+    chars = [len(r.strip()) for c in completions if (r := reasoning_text(c)) is not None]
+    if chars:
+        log_metric("rollout/reasoning_chars", _mean(chars))
+    if completion_ids is not None:
+        tokens = [n for ids in completion_ids if (n := reasoning_token_count(ids, *think_ids)) is not None]
+        if tokens:
+            log_metric("rollout/reasoning_tokens", _mean(tokens))
+
+
 def prefix_reward(completions: list[str], target_sid: list[str], *, level_rewards: Sequence[float], tail_chars: int,
                   think_ids: tuple[int, int], completion_ids: list[list[int]] | None = None,
                   log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
@@ -112,13 +151,33 @@ def prefix_reward(completions: list[str], target_sid: list[str], *, level_reward
         log_metric("rollout/well_formed_rate", _mean([float(p is not None) for p in parsed]))
         log_metric("rollout/hit_rate", _mean([float(p is not None and matching_levels(p, t) == levels)
                                               for p, t in zip(parsed, target_sid, strict=True)]))
-        chars = [len(r.strip()) for c in completions if (r := reasoning_text(c)) is not None]
-        if chars:
-            log_metric("rollout/reasoning_chars", _mean(chars))
-        if completion_ids is not None:
-            tokens = [n for ids in completion_ids if (n := reasoning_token_count(ids, *think_ids)) is not None]
-            if tokens:
-                log_metric("rollout/reasoning_tokens", _mean(tokens))
+        _log_reasoning_length(log_metric, completions, completion_ids, think_ids)
+    return scores
+
+
+def rank_reward(completions: list[str], target_sid: list[str], beam_sid: list[str], beam_rank: list[int],
+                reasoning_closed: list[bool], *, scheme: str, levels: int, tail_chars: int,
+                think_ids: tuple[int, int], completion_ids: list[list[int]] | None = None,
+                log_metric: Callable[[str, float], None] | None = None, **_: Any) -> list[float]:
+    """The exact-match rank reward per beam completion (``beam_sid``, ``beam_rank`` and
+    ``reasoning_closed`` come from the beam rollout).
+
+    Logs, per reasoning (its rank-0 beam stands for it): ``rollout/hit_rate``, the share whose
+    top beam is the target (what the model would answer; the free mode's hit rate);
+    ``rollout/beam_hit_rate``, the share whose beams contain it (HR@beam_width);
+    ``rollout/reasoning_closed_rate``, the share the model closed with ``</think>`` itself; plus
+    the well-formed rate of the completion texts and the reasoning length.
+    """
+    scores = [rank_score(s, r, t, scheme) for s, r, t in zip(beam_sid, beam_rank, target_sid, strict=True)]
+    if log_metric is not None:
+        heads = [i for i, r in enumerate(beam_rank) if r == 0]
+        hits = [s == t for s, t in zip(beam_sid, target_sid)]
+        log_metric("rollout/hit_rate", _mean([float(hits[i]) for i in heads]))
+        log_metric("rollout/beam_hit_rate", sum(hits) / len(heads) if heads else None)
+        log_metric("rollout/reasoning_closed_rate", _mean([float(reasoning_closed[i]) for i in heads]))
+        log_metric("rollout/well_formed_rate",
+                   _mean([float(parse_answer(c, levels, tail_chars) is not None) for c in completions]))
+        _log_reasoning_length(log_metric, completions, completion_ids, think_ids)
     return scores
 
 
@@ -137,23 +196,63 @@ class RewardSetup:
 
     funcs: list[Callable[..., list[float]]]
     weights: list[float]
+    rollout_func: Callable[[list[str], Any], dict[str, Any]] | None = None
+    """TRL's ``rollout_func`` when the mode makes its own rollouts; None: TRL samples."""
 
 
-def _prefix_mode(cfg: RewardConfig, catalog: frozenset[str], think_ids: tuple[int, int]) -> RewardSetup:
+@dataclass(frozen=True)
+class RewardInputs:
+    """What a reward mode is built from besides its config."""
+
+    catalog: frozenset[str]
+    """Every catalog SID string."""
+    think_ids: tuple[int, int]
+    """Token ids of ``<think>`` and ``</think>``."""
+    tokenizer: Any = None
+    """beam_rank: the model's tokenizer (the SID trie is built from it)."""
+    max_completion_length: int | None = None
+    """beam_rank: longest completion in tokens (reasoning + closing + SID + EOS)."""
+    use_vllm: bool = False
+    """beam_rank: rollouts on TRL's colocated vLLM engine instead of the training model."""
+    workdir: str | None = None
+    """beam_rank with vLLM: where the trie file the engine loads is written."""
+
+
+def _prefix_mode(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
     levels = len(cfg.level_rewards)
     return RewardSetup(
         funcs=[functools.partial(prefix_reward, level_rewards=tuple(cfg.level_rewards), tail_chars=cfg.tail_chars,
-                                 think_ids=think_ids),
-               functools.partial(catalog_reward, catalog=catalog, levels=levels, tail_chars=cfg.tail_chars)],
+                                 think_ids=inputs.think_ids),
+               functools.partial(catalog_reward, catalog=inputs.catalog, levels=levels, tail_chars=cfg.tail_chars)],
         weights=[1.0, cfg.catalog_bonus],
     )
 
 
-REWARD_MODES: dict[str, Callable[[RewardConfig, frozenset[str], tuple[int, int]], RewardSetup]] = {
+def _beam_rank_mode(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
+    from components.grpo.beam import BeamRollout  # torch and the trie: loaded by the training process only
+
+    if inputs.tokenizer is None or inputs.max_completion_length is None:
+        raise ValueError("reward mode beam_rank needs the tokenizer and max_completion_length")
+    levels = len(cfg.level_rewards)
+    rollout = BeamRollout(inputs.tokenizer, sorted(inputs.catalog), beam_width=cfg.beam_width,
+                          max_completion_length=inputs.max_completion_length, use_vllm=inputs.use_vllm,
+                          workdir=inputs.workdir)
+    return RewardSetup(
+        funcs=[functools.partial(rank_reward, scheme=cfg.rank_reward, levels=levels, tail_chars=cfg.tail_chars,
+                                 think_ids=inputs.think_ids),
+               functools.partial(catalog_reward, catalog=inputs.catalog, levels=levels, tail_chars=cfg.tail_chars)],
+        weights=[1.0, cfg.catalog_bonus],
+        rollout_func=rollout,
+    )
+
+
+REWARD_MODES: dict[str, Callable[[RewardConfig, RewardInputs], RewardSetup]] = {
     "prefix": _prefix_mode,
+    "beam_rank": _beam_rank_mode,
 }
 
 
-def build_reward_funcs(cfg: RewardConfig, catalog: frozenset[str], think_ids: tuple[int, int]) -> RewardSetup:
-    """The reward functions and weights of ``cfg.mode``."""
-    return REWARD_MODES[cfg.mode](cfg, catalog, think_ids)
+def build_reward_funcs(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
+    """The reward functions, weights and (for modes with their own rollouts) ``rollout_func`` of
+    ``cfg.mode``."""
+    return REWARD_MODES[cfg.mode](cfg, inputs)

@@ -1,5 +1,7 @@
 """Stage ``grpo`` (RECIPE.md section 5): GRPO of the reasoning-activated model on the reasoning
-prompts (history SIDs -> target SID), scored by the recipe's SID reward.
+prompts (history SIDs -> target SID), scored by the recipe's SID reward (``reward.mode: prefix``,
+free sampling) or by the exact-match rank reward over trie-constrained beam rollouts
+(``reward.mode: beam_rank``, RECIPE.md section 11).
 
 Inputs: ``reasoning_model`` (reason_sft's model folder), ``reasoning`` (prompts and targets),
 ``sid_map`` (catalog of the validity reward). Outputs: ``model`` (save_pretrained folder +
@@ -66,6 +68,8 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
         raise ConfigError(f"{NAME}.reward.level_rewards: {len(cfg.reward.level_rewards)} values but the sid_map "
                           f"SIDs have {catalog.levels} levels")
     backbone.check_model_vocabulary(inputs["reasoning_model"], catalog, "input reasoning_model")
+    if cfg.reward.mode == "beam_rank":
+        check_beam_layout(cfg, world, len(catalog.sids))
     rows = data.read_reasoning(inputs["reasoning"], catalog)
     digests = {name: storage.digest(uri) for name, uri in inputs.items()}
 
@@ -75,8 +79,10 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
 
         base = work / "base"
         storage.copy(inputs["reasoning_model"], str(base))
-        columns, data_stats = prompt_rows(AutoTokenizer.from_pretrained(base), rows, cfg.rollout.max_prompt_length,
-                                          cfg.max_prompts, ctx.seed)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        if cfg.reward.mode == "beam_rank":
+            check_beam_tokens(cfg, tokenizer, catalog.sids)
+        columns, data_stats = prompt_rows(tokenizer, rows, cfg.rollout.max_prompt_length, cfg.max_prompts, ctx.seed)
         if len(columns["prompt"]) < cfg.prompts_per_step:  # TRL drops incomplete generation batches
             raise data.InputError(
                 f"reasoning {inputs['reasoning']}: {len(columns['prompt'])} usable prompt(s) "
@@ -95,13 +101,39 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
         around=lambda payload: vllm_server(plan, cfg, payload["base_model"]))
     table = report.step_table(result.get("log_history", []))
     stats.update({"global_step": result["global_step"], "resumed_from_step": result.get("resumed_from_step"),
-                  "rollout_engine": plan.engine, "vllm_mode": plan.vllm_mode,
+                  "rollout_engine": plan.engine, "vllm_mode": plan.vllm_mode, "reward_mode": cfg.reward.mode,
                   "train_runtime_s": next((r["train_runtime"] for r in reversed(result.get("log_history", []))
                                            if "train_runtime" in r), None),
                   "summary": report.summarize(table), "steps": table})
     log_step_table(tracker, table)
     metrics = {"global_step": stats["global_step"], **stats["summary"]}
     return training.finish_stage(NAME, cfg, tracker, outputs, stats, digests, metrics=metrics)
+
+
+def check_beam_layout(cfg: GRPOStageConfig, world: int, catalog_size: int) -> None:
+    """beam_rank: every training process must hold whole groups (its prompts' beams are searched
+    together), and a reasoning needs beam_width distinct catalog SIDs."""
+    per_process = cfg.rollout_batch_size // world
+    if per_process % cfg.num_generations:
+        raise ConfigError(f"{NAME}.rollout_batch_size: {cfg.rollout_batch_size} rollouts over {world} training "
+                          f"processes is {per_process} per process, not whole groups of num_generations "
+                          f"({cfg.num_generations}); reward.mode beam_rank needs prompts per step "
+                          f"({cfg.prompts_per_step}) divisible by the processes")
+    if cfg.reward.beam_width > catalog_size:
+        raise ConfigError(f"{NAME}.reward.beam_width: {cfg.reward.beam_width} beams but the sid_map has only "
+                          f"{catalog_size} items")
+
+
+def check_beam_tokens(cfg: GRPOStageConfig, tokenizer: Any, catalog_sids: frozenset[str]) -> None:
+    """beam_rank: the rollout can be built on this tokenizer (``</think>`` one token, an EOS, room
+    for reasoning within max_completion_length) — by building it."""
+    from components.grpo.beam import BeamRollout
+
+    try:
+        BeamRollout(tokenizer, sorted(catalog_sids), beam_width=cfg.reward.beam_width,
+                    max_completion_length=cfg.rollout.max_completion_length)
+    except ValueError as exc:
+        raise ConfigError(f"{NAME}.reward.mode beam_rank: {exc}") from None
 
 
 def log_step_table(tracker: StageRun, table: list[dict[str, Any]]) -> None:
@@ -122,8 +154,8 @@ STAGE = Stage(
     name=NAME,
     config=GRPOStageConfig,
     run=run,
-    description="Stage 2b: GRPO of the reasoning model with the recipe's SID reward (vLLM rollouts on GPU, "
-                "HF generate on CPU).",
+    description="Stage 2b: GRPO of the reasoning model with the recipe's SID reward or the exact-match rank "
+                "reward over trie-constrained beam rollouts (vLLM rollouts on GPU, HF generate on CPU).",
     inputs={"reasoning_model": "reason_sft model folder", "reasoning": "reasoning Parquet (prompts, targets)",
             "sid_map": "sid_map Parquet (catalog of the validity reward)"},
     outputs={"model": "model", "stats": "stats.json"},

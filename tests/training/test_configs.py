@@ -51,13 +51,33 @@ def test_defaults_validate(model):
     parse_section(model, {}, "x")
 
 
+def test_reward_mode_is_selected_by_config():
+    assert GRPOStageConfig().reward.mode == "prefix"  # the recipe's released setting
+    beam = parse_section(GRPOStageConfig, {"reward": {"mode": "beam_rank", "beam_width": 16, "rank_reward": "top1"}},
+                         "grpo")
+    assert (beam.reward.mode, beam.reward.beam_width, beam.reward.rank_reward) == ("beam_rank", 16, "top1")
+    # the vLLM-server restriction is about the engine: HF rollouts in the training process are fine
+    parse_section(GRPOStageConfig, {"reward": {"mode": "beam_rank"},
+                                    "rollout": {"engine": "hf", "vllm_mode": "server"}}, "grpo")
+    # prefix mode ignores the beam settings (beam_width need not divide the group)
+    parse_section(GRPOStageConfig, {"reward": {"beam_width": 6}}, "grpo")
+
+
 BAD = [
     (GRPOStageConfig, {"rollout_batch_size": 100, "num_generations": 16}, "divisible by the group size"),
     (GRPOStageConfig, {"rollout_batch_size": 64, "num_generations": 16, "per_device_batch_size": 24},
      "multiple of per_device_batch_size"),
     (GRPOStageConfig, {"num_generations": 1}, "greater than or equal to 2"),
     (RewardConfig, {"level_rewards": [0.5, 0.25, 1.0]}, "non-decreasing"),
-    (RewardConfig, {"mode": "beam"}, "Input should be 'prefix'"),
+    (RewardConfig, {"mode": "beam"}, "Input should be 'prefix' or 'beam_rank'"),
+    (RewardConfig, {"rank_reward": "mrr"}, "Input should be 'ndcg' or 'top1'"),
+    (RewardConfig, {"beam_width": 0}, "greater than or equal to 1"),
+    (GRPOStageConfig, {"num_generations": 16, "reward": {"mode": "beam_rank", "beam_width": 6}},
+     r"reward.beam_width \(6\) must divide the group size num_generations \(16\)"),
+    (GRPOStageConfig, {"reward": {"mode": "beam_rank"}, "rollout": {"vllm_mode": "server"}},
+     "does not load; use rollout.vllm_mode 'colocate'"),
+    (GRPOStageConfig, {"reward": {"mode": "beam_rank"}, "rollout": {"vllm_tensor_parallel_size": 2}},
+     "vllm_tensor_parallel_size must be 1"),
     (RolloutConfig, {"vllm_server_base_url": "http://vllm:8000"}, "only used with vllm_mode 'server'"),
     (BackboneConfig, {}, "exactly one of uri"),
     (BackboneConfig, {"uri": "/m", "tiny": {}}, "exactly one of uri"),

@@ -64,9 +64,9 @@ def test_reasoning_length_measures():
 def test_trl_adapters_score_batches_and_log_rollout_metrics():
     from trl.trainer.utils import get_callable_name
 
-    setup = rewards.build_reward_funcs(RewardConfig(), CATALOG, think_ids=(7, 8))
+    setup = rewards.build_reward_funcs(RewardConfig(), rewards.RewardInputs(CATALOG, think_ids=(7, 8)))
     assert [get_callable_name(f) for f in setup.funcs] == ["prefix_reward", "catalog_reward"]
-    assert setup.weights == [1.0, 0.1]
+    assert setup.weights == [1.0, 0.1] and setup.rollout_func is None  # free sampling: TRL generates
     completions = [THINK + "<a_1><b_2><c_3>", THINK + "<a_1><b_2><c_4>", "no answer", THINK + "<a_8><b_0><c_0>"]
     ids = [[7, 1, 1, 8, 5], [7, 1, 8, 5], [1, 1, 1], [7, 8, 5]]
     logged: dict[str, float] = {}

@@ -1,5 +1,5 @@
 """The three training stages end to end on a CPU with a tiny model: alignment from a saved
-backbone, reasoning activation from the aligned model, GRPO from the reasoning model.
+backbone, reasoning activation from the aligned model, GRPO from the reasoning model (both reward modes).
 
 Each stage must change the weights it starts from, publish a complete model folder, and log the
 model to MLflow with the digests of what it was trained on. GRPO must raise the mean reward of
@@ -67,6 +67,20 @@ def grpo(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
     return run_stage(GRPO, {
         "learning_rate": 5e-4, "max_steps": 10, "num_generations": 8, "rollout_batch_size": 32,
         "per_device_batch_size": 16, "checkpoint": {"every_steps": 5},
+        "rollout": {"max_completion_length": 16, "max_prompt_length": 512},
+    }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"]},
+        tracking_uri)
+
+
+@pytest.fixture(scope="module")
+def grpo_beam(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
+    """The second reward mode: trie-constrained beam rollouts, exact-match rank reward."""
+    tmp = tmp_path_factory.mktemp("grpo_beam")
+    prompts = write_reasoning(tmp / "prompts.parquet", 16, targets=[GRPO_TARGET], seed=2)
+    return run_stage(GRPO, {
+        "learning_rate": 5e-4, "max_steps": 3, "num_generations": 8, "rollout_batch_size": 16,
+        "per_device_batch_size": 16, "checkpoint": {"every_steps": 5},
+        "reward": {"mode": "beam_rank", "beam_width": 4},
         "rollout": {"max_completion_length": 16, "max_prompt_length": 512},
     }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"]},
         tracking_uri)
@@ -162,6 +176,23 @@ def test_grpo_raises_the_mean_reward_and_reports_every_step(grpo, reason, synthe
     rewards = mlflow.MlflowClient().get_metric_history(model.source_run_id, "train/reward")
     assert sorted(m.step for m in rewards) == list(range(1, 11))
     assert mlflow.MlflowClient().get_metric_history(model.source_run_id, "train/rollout/reasoning_tokens")
+
+
+def test_grpo_beam_rank_mode_trains_on_catalog_sids_and_reports_every_step(grpo_beam, reason, synthetic):
+    stats = grpo_beam["stats"]
+    assert stats["reward_mode"] == "beam_rank" and stats["rollout_engine"] == "hf"
+    table = stats["steps"]
+    assert [row["step"] for row in table] == [1, 2, 3]
+    for row in table:
+        assert row["valid_sid_rate"] == 1.0 and row["well_formed_rate"] == 1.0  # the trie's guarantee
+        assert row["rank_reward"] is not None and row["prefix_reward"] is None
+        assert 0 <= row["hit_rate"] <= row["beam_hit_rate"] <= 1 and 0 <= row["reasoning_closed_rate"] <= 1
+        assert row["reward"] == pytest.approx(row["rank_reward"] + 0.1)
+        assert row["reasoning_tokens"] is not None and row["kl"] is not None
+    assert stats["summary"]["beam_hit_rate_last"] is not None and stats["summary"]["valid_sid_rate_last"] == 1.0
+    moved = changed(weights(reason["outputs"]["model"]), weights(grpo_beam["outputs"]["model"]))
+    assert all(moved.values())
+    assert_model_folder(grpo_beam["outputs"]["model"], sid_tokens(synthetic))
 
 
 def test_new_token_warmup_trains_only_the_sid_rows(tmp_path, synthetic, tiny_backbone, tracking_uri):
