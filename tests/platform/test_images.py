@@ -17,6 +17,7 @@ from components.common.config import ImagesConfig
 from pipeline import cli
 from pipeline.config import STAGES
 from tests.platform.images import (
+    Build,
     DOCKER,
     REQUIREMENTS,
     ROOT,
@@ -51,7 +52,7 @@ def plan():
     return make_images_plan(REGISTRY, TAG)
 
 
-def stage_builds(plan) -> dict[str, object]:
+def stage_builds(plan: list[Build]) -> dict[str, Build]:
     """Stage -> its build in the plan (a stage image is the one built from docker/<stage>.Dockerfile)."""
     return {b.dockerfile.name.removesuffix(".Dockerfile"): b for b in plan if b.base}
 
