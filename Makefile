@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test compile bench lock clean
+.PHONY: install demo test compile bench lock lock-images images push docker-engine clean
 
 install: $(STAMP)
 
@@ -32,16 +32,114 @@ demo: install
 test: install
 	$(BIN)/python -m pytest -q
 
+# The IR names the images `make images` builds: the tag is the same git-derived TAG, the registry
+# REGISTRY when given, else the profile's images.registry (localhost/sidreasoner by default).
+CONFIG ?= demo
 compile: install
-	$(BIN)/sidreasoner compile --config demo --out build/pipeline.yaml
+	$(BIN)/sidreasoner compile --config $(CONFIG) --out build/pipeline.yaml \
+		$(if $(REGISTRY),--registry $(REGISTRY)) $(if $(TAG),--tag $(TAG))
 
 bench: install
 	$(BIN)/python -m benchmarks
 
-# Re-pin every transitive dependency after a change to pyproject.toml.
+# Re-pin every transitive dependency of the dev venv after a change to pyproject.toml (the
+# images' locks: make lock-images).
 lock: install
 	{ head -2 $(LOCK); $(BIN)/pip freeze --exclude-editable | grep -v "^sidreasoner\|^# Editable"; } > $(LOCK).new
 	mv $(LOCK).new $(LOCK)
+
+# ---- Stage images ------------------------------------------------------------------------
+# One image per stage, on the base its work needs (README "Images"). Each name is what
+# `sidreasoner compile --registry R --tag T` writes into the IR (ImagesConfig.for_stage):
+# R/<stage with _ as ->:T. Stages not yet in pipeline.config.STAGES are listed so their images
+# exist when they join the DAG.
+CPU_STAGES := ingest teacher_corpus
+CUDA_STAGES := sid_quantize align_sft reason_sft grpo evaluate
+STAGES := $(CPU_STAGES) $(CUDA_STAGES)
+
+DEFAULT_REGISTRY := localhost/sidreasoner
+IMAGE_REGISTRY = $(or $(REGISTRY),$(DEFAULT_REGISTRY))
+# The commit, marked -dirty when tracked or untracked files differ from it (the build context
+# then holds code no commit has). Computed once per make run.
+ifneq ($(filter undefined,$(origin TAG) $(origin GIT_COMMIT)),)
+DIRTY := $(if $(shell git status --porcelain 2>/dev/null),-dirty)
+endif
+ifeq ($(origin GIT_COMMIT),undefined)
+GIT_COMMIT := $(shell git rev-parse HEAD 2>/dev/null)$(DIRTY)
+endif
+ifeq ($(origin TAG),undefined)
+TAG := $(shell git rev-parse --short HEAD 2>/dev/null)$(DIRTY)
+endif
+image_name = $(IMAGE_REGISTRY)/$(subst _,-,$(1)):$(TAG)
+
+ifneq ($(filter push,$(MAKECMDGOALS)),)
+ifeq ($(REGISTRY),)
+$(error make push needs REGISTRY=<registry path>, e.g. REGISTRY=europe-docker.pkg.dev/PROJECT/sidreasoner)
+endif
+endif
+
+.PHONY: image-base-cpu image-base-cuda image-mlflow-server $(addprefix image-,$(STAGES))
+
+# No engine (this dev machine has only the client): stop before building anything.
+docker-engine:
+	@docker info >/dev/null 2>&1 || { echo "error: no Docker engine: 'docker info' failed;" \
+		"make images needs a running Docker daemon (or DOCKER_HOST pointing at one). Nothing was built." >&2; exit 1; }
+
+# The stage images and the in-cluster MLflow server's (manifests/base/mlflow.yaml).
+images: $(addprefix image-,$(STAGES)) image-mlflow-server
+
+image-base-cpu image-base-cuda image-mlflow-server: image-%: docker-engine
+	docker build --file docker/$*.Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
+		--tag $(call image_name,$*) .
+
+$(addprefix image-,$(CPU_STAGES)): image-base-cpu
+$(addprefix image-,$(CUDA_STAGES)): image-base-cuda
+$(addprefix image-,$(STAGES)): image-%: docker-engine
+	docker build --file docker/$*.Dockerfile --build-arg BASE=$(call image_name,$(if \
+		$(filter $*,$(CPU_STAGES)),base-cpu,base-cuda)) --build-arg GIT_COMMIT=$(GIT_COMMIT) \
+		--tag $(call image_name,$*) .
+
+push: images
+	for image in $(foreach image,$(STAGES) mlflow-server,$(call image_name,$(image))); do \
+		docker push "$$image" || exit 1; done
+
+# ---- Image lock files ---------------------------------------------------------------------
+# Every image installs from a lock holding a sha256 for each file (pip install --require-hashes):
+# a release replaced or pulled upstream (litellm 1.82.7/1.82.8 were compromised) cannot slip in.
+# pip-compile runs in its own venv with this machine's pip config ignored (PIP_CONFIG_FILE), so
+# the result depends only on the .in files, pyproject.toml and the index; it resolves for the
+# interpreter running it, CPython 3.11 on linux x86_64, the images' platform.
+# Nothing multi-GB is downloaded (the CUDA lock covers torch, vLLM and the nvidia wheels of every
+# platform): fast-deps reads each wheel's METADATA through HTTP range requests (the index serves no
+# PEP 658 metadata), and the hashes come from PyPI's JSON API. pip-tools 7.6.2 looks for that API
+# at <index URL without /simple>/<name>/json, which misses pypi.org/pypi/<name>/json and makes it
+# download and hash every file instead (tens of GB for the CUDA lock). Listing PYPI_JSON_API as an extra
+# index points that lookup at the API; as an index it adds nothing (its <name>/ pages answer 404).
+# Existing pins are kept where still valid; PIP_COMPILE_ARGS=--upgrade re-resolves everything.
+PIP_TOOLS := pip-tools==7.6.2
+PYPI_JSON_API ?= https://pypi.org/pypi/
+LOCK_VENV := build/lock-venv
+# torch's CPU wheel: the PyTorch CPU index, or a local wheel folder holding the same file.
+TORCH_CPU_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),https://download.pytorch.org/whl/cpu/torch/)
+LOCK_TOOLS := $(LOCK_VENV)/.$(PIP_TOOLS)
+PIP_COMPILE = env -u PIP_FIND_LINKS -u PIP_CONSTRAINT PIP_CONFIG_FILE=/dev/null DS_BUILD_OPS=0 \
+	CUSTOM_COMPILE_COMMAND="make lock-images" $(LOCK_VENV)/bin/pip-compile --quiet \
+	--generate-hashes --allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	--extra-index-url $(PYPI_JSON_API) --pip-args "--use-feature=fast-deps" $(PIP_COMPILE_ARGS)
+
+$(LOCK_TOOLS):
+	$(PYTHON) -c 'import sys, platform; assert sys.version_info[:2] == (3, 11) and platform.machine() == "x86_64", \
+		"lock with CPython 3.11 on x86_64, the images platform"'
+	$(PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python -m pip install -q pip==26.3 $(PIP_TOOLS)
+	touch $(LOCK_TOOLS)
+
+lock-images: $(LOCK_TOOLS)
+	$(PIP_COMPILE) --output-file requirements/image-build.lock.txt requirements/image-build.in
+	$(PIP_COMPILE) --find-links $(TORCH_CPU_FIND_LINKS) \
+		--output-file requirements/image-cpu.lock.txt pyproject.toml requirements/image-cpu.in
+	$(PIP_COMPILE) --extra gpu --output-file requirements/image-cuda.lock.txt pyproject.toml requirements/image-cuda.in
+	$(PIP_COMPILE) --output-file requirements/mlflow-server.lock.txt requirements/mlflow-server.in
 
 clean:
 	rm -rf build .pytest_cache
