@@ -36,7 +36,7 @@ def test_profile_by_name_and_overrides():
     (["ingest.preprocess.window_start=2019-01-01"], r"window_start 2019-01-01 must be before"),
     (["resources.ingest.memory_request=lots"], r"resources\.ingest\.memory_request: 'lots' is not"),
     (["resources.ingest.gpus=-1"], r"resources\.ingest\.gpus"),
-    (["resources.grpo.gpus=1"], r"resources\.grpo: unknown key"),
+    (["resources.trainer.gpus=1"], r"resources\.trainer: unknown key"),
     (["kubernetes.secrets=[{secret_name: s, env: {K: k}, stages: [nope]}]"], r"unknown stage\(s\) \['nope'\]"),
     (["run.name=Has Spaces"], r"run\.name: String should match pattern"),
 ])
