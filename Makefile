@@ -51,9 +51,8 @@ lock: install
 # ---- Stage images ------------------------------------------------------------------------
 # One image per stage, on the base its work needs (README "Images"). Each name is what
 # `sidreasoner compile --registry R --tag T` writes into the IR (ImagesConfig.for_stage):
-# R/<stage with _ as ->:T. Stages not yet in pipeline.config.STAGES are listed so their images
-# exist when they join the DAG.
-CPU_STAGES := ingest teacher_corpus
+# R/<stage with _ as ->:T.
+CPU_STAGES := previous_model ingest teacher_corpus promote
 CUDA_STAGES := sid_quantize align_sft reason_sft grpo evaluate
 STAGES := $(CPU_STAGES) $(CUDA_STAGES)
 

@@ -5,6 +5,7 @@
     sidreasoner compile  --config PROFILE --out pipeline.yaml [--registry R --tag T]
     sidreasoner submit   --config PROFILE --host URL [--experiment E]
     sidreasoner schedule --config PROFILE --host URL --cron "0 0 3 * * *"
+    sidreasoner lineage  models:/NAME@production --tracking-uri URI   model -> ... -> catalog
     sidreasoner demo-data --out DIR [--items N --users N --seed S]
     sidreasoner tiny-backbone --items URI [--corpus URI] [--sid-map URI] --out DIR [--vocab-size N ...]
 
@@ -158,6 +159,24 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_lineage(args: argparse.Namespace) -> int:
+    from components.common.lineage import _mlflow
+    from pipeline.lineage import LineageError, collect, render
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+    if not uri:
+        raise ConfigError("lineage: pass --tracking-uri (or set MLFLOW_TRACKING_URI)")
+    _mlflow().set_tracking_uri(uri)
+    try:
+        chain = collect(args.target)
+    except LineageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(render(chain))
+    return 0
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from components.ingest.demo_data import write_demo_data
 
@@ -227,6 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--experiment", default="sidreasoner", help="KFP experiment")
     p.add_argument("--name", help="recurring run name")
     p.set_defaults(func=cmd_schedule)
+
+    p = sub.add_parser("lineage", help="print the chain from a model or run back to the catalog (MLflow)")
+    p.add_argument("target", help="models:/NAME@ALIAS, models:/NAME/VERSION, NAME@ALIAS, an MLflow run id "
+                                  "or a run key")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
+    p.set_defaults(func=cmd_lineage)
 
     p = sub.add_parser("demo-data", help="write a synthetic Amazon-2018-format catalog")
     p.add_argument("--out", required=True)

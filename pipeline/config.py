@@ -26,6 +26,7 @@ from components.common.config import (
     parse_section,
 )
 from components.align_sft.config import AlignSFTConfig
+from components.common.registry import RetrainConfig
 from components.common.training import TrainerSettings, check_hardware
 from components.evaluate.config import EvaluateConfig
 from components.grpo.config import GRPOStageConfig
@@ -37,8 +38,12 @@ from components.teacher_corpus.config import TeacherCorpusConfig
 CONFIG_DIR = Path(__file__).parent / "configs"
 
 #: Stages in DAG order. A stage's name is also its config section and resources key.
-STAGES: tuple[str, ...] = ("ingest", "sid_quantize", "teacher_corpus", "align_sft", "reason_sft", "grpo",
-                           "evaluate")
+STAGES: tuple[str, ...] = ("previous_model", "ingest", "sid_quantize", "teacher_corpus", "align_sft",
+                           "reason_sft", "grpo", "evaluate", "promote")
+#: Stages that exist only when scheduled retraining is on (``retrain.registered_model`` set).
+RETRAIN_STAGES: tuple[str, ...] = ("previous_model", "promote")
+#: Stages whose config section is not named after them.
+SECTIONS: dict[str, str] = {"previous_model": "retrain", "promote": "retrain"}
 #: Stages that train a model (their settings are checked against the GPUs they will get).
 TRAINING_STAGES: tuple[str, ...] = ("align_sft", "reason_sft", "grpo")
 
@@ -50,6 +55,8 @@ def _cpu(cpu: str, memory: str):
 class Resources(Section):
     """Kubernetes resources per stage."""
 
+    previous_model: ResourceSpec = Field(default_factory=_cpu("500m", "1G"))
+    """Reads the MLflow registry."""
     ingest: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
     sid_quantize: ResourceSpec = Field(default_factory=_cpu("4", "16G"))
     """The paper's encoder (Qwen3-Embedding-4B) wants a GPU: set gpus and a node selector."""
@@ -61,6 +68,8 @@ class Resources(Section):
     grpo: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
     evaluate: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
     """Paper scale: 2 GPUs (the test set sharded)."""
+    promote: ResourceSpec = Field(default_factory=_cpu("500m", "1G"))
+    """Registers a model version in MLflow."""
 
 
 class RunConfig(Section):
@@ -74,6 +83,7 @@ class RunConfig(Section):
     reason_sft: ReasonSFTConfig = Field(default_factory=ReasonSFTConfig)
     grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
     resources: Resources = Field(default_factory=Resources)
     images: ImagesConfig = Field(default_factory=ImagesConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
@@ -90,10 +100,35 @@ class RunConfig(Section):
         unknown = set(self.images.overrides) - set(STAGES)
         if unknown:
             raise ValueError(f"images.overrides: unknown stage(s) {sorted(unknown)}")
+        if self.retrain.enabled:
+            self._check_retrain()
         return self
 
+    def _check_retrain(self) -> None:
+        retrain, evaluate = self.retrain, self.evaluate
+        if self.tracking.uri is None:
+            raise ValueError("retrain.registered_model: scheduled runs find each other through the MLflow "
+                             "registry, so tracking.uri must name a store they share (not the per-run default)")
+        if retrain.incremental_sids and self.sid_quantize.incremental.enabled:
+            raise ValueError("sid_quantize.incremental: set by hand while retrain.incremental_sids takes the "
+                             "previous SIDs from the production model; use one of them")
+        if retrain.model_name != evaluate.model_name:
+            raise ValueError(f"retrain.model_name {retrain.model_name!r} must equal evaluate.model_name "
+                             f"{evaluate.model_name!r}")
+        if retrain.mode not in evaluate.modes:
+            raise ValueError(f"retrain.mode {retrain.mode!r} is not evaluated (evaluate.modes {evaluate.modes})")
+        if retrain.k not in evaluate.effective_ks():
+            raise ValueError(f"retrain.k {retrain.k} is not reported (evaluate reports {evaluate.effective_ks()})")
+        splits = [*evaluate.splits, *(["all"] if len(evaluate.splits) > 1 else [])]
+        if retrain.split not in splits:
+            raise ValueError(f"retrain.split {retrain.split!r} is not reported (evaluate reports {splits})")
+
+    def dag_stages(self) -> tuple[str, ...]:
+        """The stages of this config's DAG, in order (retraining adds previous_model and promote)."""
+        return tuple(s for s in STAGES if self.retrain.enabled or s not in RETRAIN_STAGES)
+
     def section(self, stage: str) -> Section:
-        return getattr(self, stage)
+        return getattr(self, SECTIONS.get(stage, stage))
 
     def check_hardware(self, gpus: dict[str, int]) -> None:
         """Refuse settings the given GPUs per stage cannot run (bf16 or several processes

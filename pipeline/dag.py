@@ -21,6 +21,7 @@ from pipeline.config import STAGES, RunConfig
 
 #: Stage -> its outputs and their artifact types, in DAG order.
 STAGE_OUTPUTS: dict[str, dict[str, type]] = {
+    "previous_model": {"previous": Artifact},
     "ingest": {"items": Dataset, "samples": Dataset, "stats": Artifact},
     "sid_quantize": {"embeddings": Dataset, "sid_map": Dataset, "codebooks": Model, "stats": Artifact},
     "teacher_corpus": {"corpus": Dataset, "reasoning": Dataset, "stats": Artifact},
@@ -28,6 +29,7 @@ STAGE_OUTPUTS: dict[str, dict[str, type]] = {
     "reason_sft": {"model": Model, "stats": Artifact},
     "grpo": {"model": Model, "stats": Artifact},
     "evaluate": {"metrics": Dataset, "predictions": Dataset, "report": HTML, "stats": Artifact},
+    "promote": {"decision": Artifact},
 }
 assert tuple(STAGE_OUTPUTS) == STAGES
 
@@ -43,10 +45,12 @@ def output_name(stage: str, output: str) -> str:
     return f"{stage}_{output}"
 
 
-PipelineOutputs = NamedTuple(  # type: ignore[misc]
-    "PipelineOutputs",
-    [(output_name(stage, name), kind) for stage, outs in STAGE_OUTPUTS.items() for name, kind in outs.items()],
-)
+def pipeline_outputs(stages: tuple[str, ...]) -> type:
+    """The pipeline's return type: every output of every stage in the DAG."""
+    return NamedTuple(  # type: ignore[misc]
+        "PipelineOutputs",
+        [(output_name(stage, name), kind) for stage in stages for name, kind in STAGE_OUTPUTS[stage].items()],
+    )
 
 
 def _configure_task(task: Any, stage: str, cfg: RunConfig, for_cluster: bool) -> None:
@@ -86,8 +90,11 @@ def _configure_task(task: Any, stage: str, cfg: RunConfig, for_cluster: bool) ->
 def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
     """The pipeline function for ``cfg``; ``ctx`` is the static part of every stage's context."""
     context = ctx.model_dump_json()
+    stages = cfg.dag_stages()
     ops = {stage: importlib.import_module(f"components.{stage}.component").build(cfg.images.for_stage(stage))
-           for stage in STAGES}
+           for stage in stages}
+    PipelineOutputs = pipeline_outputs(stages)
+    retrain = cfg.retrain
 
     def section(stage: str) -> str:
         return cfg.section(stage).model_dump_json()
@@ -106,22 +113,35 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
             _configure_task(task, stage, cfg, for_cluster)
             return task
 
-        ingest = step("ingest")
+        tasks = {}
+        # Scheduled retraining: continue from the production model that MLflow's registry names.
+        previous = {}
+        if retrain.enabled:
+            tasks["previous_model"] = step("previous_model")
+            previous = {"previous": tasks["previous_model"].outputs["previous"]}
+        ingest = tasks["ingest"] = step("ingest")
         items, samples = ingest.outputs["items"], ingest.outputs["samples"]
-        sid = step("sid_quantize", items=items)
+        sid = tasks["sid_quantize"] = step("sid_quantize", items=items,
+                                           **(previous if retrain.incremental_sids else {}))
         sid_map = sid.outputs["sid_map"]
-        corpus = step("teacher_corpus", items=items, samples=samples, sid_map=sid_map)
+        corpus = tasks["teacher_corpus"] = step("teacher_corpus", items=items, samples=samples, sid_map=sid_map)
         reasoning = corpus.outputs["reasoning"]
-        align = step("align_sft", items=items, samples=samples, sid_map=sid_map, corpus=corpus.outputs["corpus"])
-        reason = step("reason_sft", sft_model=align.outputs["model"], reasoning=reasoning, sid_map=sid_map)
-        grpo = step("grpo", reasoning_model=reason.outputs["model"], reasoning=reasoning, sid_map=sid_map)
-        evaluate = step("evaluate", model=grpo.outputs["model"], sid_map=sid_map, items=items, samples=samples)
-
-        tasks = {"ingest": ingest, "sid_quantize": sid, "teacher_corpus": corpus, "align_sft": align,
-                 "reason_sft": reason, "grpo": grpo, "evaluate": evaluate}
+        align = tasks["align_sft"] = step("align_sft", items=items, samples=samples, sid_map=sid_map,
+                                          corpus=corpus.outputs["corpus"],
+                                          **(previous if retrain.warm_start else {}))
+        reason = tasks["reason_sft"] = step("reason_sft", sft_model=align.outputs["model"], reasoning=reasoning,
+                                            sid_map=sid_map)
+        grpo = tasks["grpo"] = step("grpo", reasoning_model=reason.outputs["model"], reasoning=reasoning,
+                                    sid_map=sid_map)
+        evaluate = tasks["evaluate"] = step("evaluate", model=grpo.outputs["model"], sid_map=sid_map, items=items,
+                                            samples=samples)
+        if retrain.enabled:
+            tasks["promote"] = step("promote", metrics=evaluate.outputs["metrics"], model=grpo.outputs["model"],
+                                    model_stats=grpo.outputs["stats"], sid_map=sid_map,
+                                    codebooks=sid.outputs["codebooks"], **previous)
         return PipelineOutputs(**{
             output_name(stage, name): tasks[stage].outputs[name]
-            for stage, outs in STAGE_OUTPUTS.items() for name in outs
+            for stage in stages for name in STAGE_OUTPUTS[stage]
         })
 
     return sidreasoner

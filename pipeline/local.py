@@ -26,7 +26,7 @@ import yaml
 from components.common import lineage, storage
 from components.common.config import config_hash
 from components.common.stage import StageContext, git_commit
-from pipeline.config import STAGES, RunConfig
+from pipeline.config import RunConfig
 from pipeline.dag import STAGE_OUTPUTS, build_pipeline, output_name
 
 log = logging.getLogger(__name__)
@@ -34,11 +34,19 @@ log = logging.getLogger(__name__)
 def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_location: str | None) -> StageContext:
     return StageContext(
         pipeline_name=cfg.run.name, profile=profile, config_hash=config_hash(cfg),
-        git_commit=git_commit(), images={s: cfg.images.for_stage(s) for s in STAGES},
+        git_commit=git_commit(), images={s: cfg.images.for_stage(s) for s in cfg.dag_stages()},
         tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
         artifact_location=artifact_location, cache_uri=cfg.storage.cache_uri, seed=cfg.run.seed,
-        final_stage=STAGES[-1],
+        final_stage=cfg.dag_stages()[-1],
     )
+
+
+def local_artifact_root(tracking_uri: str) -> str | None:
+    """Artifacts of a local sqlite store go beside it (MLflow would use ./mlruns of the CWD);
+    a tracking server decides for itself (None)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return str(Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts")
+    return None
 
 
 def default_run_dir(cfg: RunConfig) -> Path:
@@ -53,7 +61,7 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     storage.write_text(out / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     tracking_uri = cfg.tracking.uri or f"sqlite:///{out / 'mlflow.db'}"
-    artifact_location = cfg.tracking.artifact_location or (None if cfg.tracking.uri else str(out / "mlartifacts"))
+    artifact_location = cfg.tracking.artifact_location or local_artifact_root(tracking_uri)
     ctx = stage_context(cfg, profile, tracking_uri, artifact_location)
     run_key = f"local-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(3)}"
 
@@ -85,14 +93,18 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
         lineage.end_parent_run(parent_id, "FAILED")
         storage.write_json(out / "run.json", record)
         raise
-    for stage, outs in STAGE_OUTPUTS.items():
+    stages = cfg.dag_stages()
+    for stage in stages:
+        outs = STAGE_OUTPUTS[stage]
         record["stages"][stage] = {
             name: {"uri": result.outputs[output_name(stage, name)].uri,
                    "metadata": dict(result.outputs[output_name(stage, name)].metadata)}
             for name in outs
         }
-    for stage in STAGES:  # every stage writes a JSON stats artifact
-        record["stats"][stage] = storage.read_json(record["stages"][stage]["stats"]["uri"])
+    for stage in stages:
+        for name in ("stats", "previous", "decision"):  # each stage's JSON report
+            if name in record["stages"][stage]:
+                record["stats"][stage] = storage.read_json(record["stages"][stage][name]["uri"])
     metrics = storage.read_parquet(record["stages"]["evaluate"]["metrics"]["uri"])
     record["metrics"] = metrics.to_pylist()
     record["status"] = "succeeded"

@@ -2,22 +2,27 @@
 alignment corpus; validation loss on the valid split (SID history -> next SID).
 
 Inputs: ``items`` (tiny-backbone text), ``samples`` (valid split), ``sid_map`` (SID tokens and
-catalog), ``corpus``. Outputs: ``model`` (save_pretrained folder + sid_vocab.json), ``stats``
+catalog), ``corpus``, optionally ``previous`` (scheduled retraining: warm start from the
+production model). Outputs: ``model`` (save_pretrained folder + sid_vocab.json), ``stats``
 (JSON).
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from components.align_sft import backbone, data
-from components.align_sft.config import AlignSFTConfig
+from components.align_sft.config import AlignSFTConfig, BackboneConfig
 from components.align_sft.sft import run_sft
 from components.common import storage, training
 from components.common.lineage import StageRun
+from components.common.registry import PreviousModel
 from components.common.stage import Stage, StageContext
+
+log = logging.getLogger(__name__)
 
 NAME = "align_sft"
 
@@ -31,8 +36,24 @@ def preflight(cfg: AlignSFTConfig, gpus: int) -> None:
         backbone.check_backbone_uri(cfg.backbone.uri, f"{NAME}.backbone.uri")
 
 
+def warm_start(cfg: AlignSFTConfig, inputs: Mapping[str, str], tracker: StageRun) -> AlignSFTConfig:
+    """With a production model found by ``previous_model``, start from it instead of the backbone."""
+    if "previous" not in inputs:
+        return cfg
+    previous = PreviousModel.read(inputs["previous"])
+    if not previous.found:
+        log.info("no production model yet (%s): starting from the configured backbone", previous.reason)
+        return cfg
+    tracker.set_tags({"sidreasoner.warm_start_from": f"{previous.registered_model} v{previous.version}: "
+                                                     f"{previous.model_uri}"})
+    log.info("warm start from %s at %s", previous.reason, previous.model_uri)
+    return cfg.model_copy(update={"backbone": BackboneConfig(
+        uri=previous.model_uri, new_token_warmup_steps=cfg.backbone.new_token_warmup_steps)})
+
+
 def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
+    cfg = warm_start(cfg, inputs, tracker)
     gpus = training.visible_gpus()
     preflight(cfg, gpus)
     catalog = data.read_catalog(inputs["sid_map"])
@@ -67,6 +88,7 @@ STAGE = Stage(
     run=run,
     description="Stage 1: SID-language alignment SFT of the backbone (+ SID tokens) on the corpus mix, "
                 "validation loss on the valid split.",
+    optional_inputs={"previous": "previous_model's JSON (scheduled retraining): start from the production model"},
     inputs={"items": "items Parquet (text of the tiny backbone's tokenizer)",
             "samples": "samples Parquet (valid split: validation loss)",
             "sid_map": "sid_map Parquet (SID tokens and catalog)",

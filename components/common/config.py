@@ -275,7 +275,8 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
             hint = f" (did you mean {close[0]!r}?)" if close else ""
             lines.append(f"{key}: unknown key{hint}")
         elif err["type"] == "value_error":  # our own validators already say what they got
-            lines.append(f"{key}: {err['msg'].removeprefix('Value error, ')}")
+            message = err["msg"].removeprefix("Value error, ")
+            lines.append(f"{key}: {message}" if key else message)  # a whole-model check names its keys
         else:
             got = err.get("input")
             shown = "" if isinstance(got, dict) else f" (got {got!r})"

@@ -150,6 +150,13 @@ class StageRun:
     def set_tags(self, tags: Mapping[str, str]) -> None:
         _mlflow().set_tags({k: redact(str(v)) for k, v in tags.items()})
 
+    def set_parent_tags(self, tags: Mapping[str, str]) -> None:
+        """Tag the pipeline run (the parent) itself, e.g. with the run's promotion decision."""
+        client = _mlflow().MlflowClient()
+        parent = client.get_run(self.run_id).data.tags["mlflow.parentRunId"]
+        for key, value in tags.items():
+            client.set_tag(parent, key, redact(str(value)))
+
 
 @contextlib.contextmanager
 def stage_run(

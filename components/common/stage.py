@@ -84,6 +84,13 @@ class StageContext(Section):
     seed: int
     final_stage: str
     """The DAG's last stage; it marks the MLflow parent run FINISHED."""
+    artifact_uris: dict[str, str] = Field(default_factory=dict)
+    """Durable URI of each of this stage's artifacts when it differs from the local path the stage
+    reads or writes (on a cluster kfp hands ``/gcs/...`` paths for ``gs://`` artifacts); lineage
+    and the model registry record these."""
+
+    def uri_of(self, name: str, path: str) -> str:
+        return self.artifact_uris.get(name, path)
 
     @contextlib.contextmanager
     def tracked(self, stage: str) -> Iterator[lineage.StageRun]:
@@ -117,7 +124,7 @@ class Stage:
     """Declaration of one pipeline stage (see the module docstring)."""
 
     name: str
-    """Also the key of the stage's section in a run profile."""
+    """The stage's name (its MLflow run, image, resources key)."""
     config: type[Section]
     run: RunFn
     description: str
@@ -125,6 +132,14 @@ class Stage:
     """Input name -> help text."""
     outputs: dict[str, str] = field(default_factory=dict)
     """Output name -> file or folder name used by the CLI under ``--out``."""
+    optional_inputs: dict[str, str] = field(default_factory=dict)
+    """Inputs the pipeline wires only in some runs (e.g. ``previous`` in scheduled retraining)."""
+    section: str = ""
+    """Key of the stage's section in a run profile, when not its name (stages sharing one)."""
+
+    @property
+    def config_key(self) -> str:
+        return self.section or self.name
 
     # -- the one execution path ----------------------------------------------------------------
 
@@ -132,19 +147,20 @@ class Stage:
                 outputs: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """Run the stage inside its MLflow run; returns per-output metadata."""
         missing = [n for n in self.inputs if n not in inputs] + [n for n in self.outputs if n not in outputs]
-        if missing:
-            raise ValueError(f"{self.name}: missing artifact(s) {missing}")
+        unknown = set(inputs) - set(self.inputs) - set(self.optional_inputs)
+        if missing or unknown:
+            raise ValueError(f"{self.name}: missing artifact(s) {missing}, unknown input(s) {sorted(unknown)}")
         with ctx.tracked(self.name) as tracker:
             tracker.log_params(cfg.model_dump(mode="json"))
             tracker.set_tags({"sidreasoner.seed": str(ctx.seed)})
-            for name, uri in inputs.items():
-                tracker.log_dataset(name, uri, storage.digest(uri), context="input")
+            for name, path in inputs.items():
+                tracker.log_dataset(name, ctx.uri_of(name, path), storage.digest(path), context="input")
             log.info("%s: starting (run %s)", self.name, ctx.run_key)
             metadata = self.run(cfg, ctx, inputs, outputs, tracker)
-            for name, uri in outputs.items():
+            for name, path in outputs.items():
                 meta = metadata.setdefault(name, {})
-                meta.setdefault("digest", storage.digest(uri))
-                tracker.log_dataset(name, uri, meta["digest"], context="output",
+                meta.setdefault("digest", storage.digest(path))
+                tracker.log_dataset(name, ctx.uri_of(name, path), meta["digest"], context="output",
                                     extra={k: v for k, v in meta.items() if k != "digest"})
         log.info("%s: done; outputs: %s", self.name, dict(outputs))
         return metadata
@@ -154,11 +170,13 @@ class Stage:
     def from_kfp(self, config: str, context: str, run_key: str, **artifacts: Any) -> None:
         """Entry point of the stage's kfp component: artifacts are kfp Input/Output objects."""
         setup_logging()
-        cfg = parse_section_json(self.config, config, self.name)
+        cfg = parse_section_json(self.config, config, self.config_key)
         ctx = StageContext.model_validate_json(context)
         ctx.run_key = run_key
-        inputs = {n: artifacts[n].path for n in self.inputs}
-        outputs = {n: artifacts[n].path for n in self.outputs}
+        present = {n: a for n, a in artifacts.items() if a is not None}
+        inputs = {n: present[n].path for n in [*self.inputs, *self.optional_inputs] if n in present}
+        outputs = {n: present[n].path for n in self.outputs}
+        ctx.artifact_uris = {n: a.uri for n, a in present.items() if a.uri and a.uri != a.path}
         metadata = self.execute(cfg, ctx, inputs, outputs)
         for name, meta in metadata.items():
             artifacts[name].metadata.update(meta)
@@ -172,9 +190,9 @@ class Stage:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         parser.add_argument("--config", required=True, help="run profile YAML (pipeline/configs/*.yaml); "
-                            f"this stage reads its '{self.name}' section")
+                            f"this stage reads its '{self.config_key}' section")
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                            help=f"override a profile value, e.g. {self.name}.<field>=value (repeatable)")
+                            help=f"override a profile value, e.g. {self.config_key}.<field>=value (repeatable)")
         parser.add_argument("--out", default=f"build/stages/{self.name}",
                             help="folder (local or gs://) for the outputs: "
                                  + ", ".join(f"{n} -> {f}" for n, f in self.outputs.items()))
@@ -183,17 +201,19 @@ class Stage:
         for name, help_text in self.inputs.items():
             parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="URI",
                                 help=help_text)
+        for name, help_text in self.optional_inputs.items():
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="URI", help=f"(optional) {help_text}")
         args = parser.parse_args(argv)
         setup_logging()
         try:
             profile = apply_overrides(load_yaml(args.config), args.set)
-            cfg = parse_section(self.config, profile.get(self.name, {}), self.name)
+            cfg = parse_section(self.config, profile.get(self.config_key, {}), self.config_key)
             ctx = cli_context(profile, Path(args.config).stem, self.name, args.out, args.tracking_uri,
                               config_hash(cfg))
         except ConfigError as exc:
             parser.exit(2, f"error: {exc}\n")
         outputs = {n: storage.join(args.out, f) for n, f in self.outputs.items()}
-        inputs = {n: getattr(args, n) for n in self.inputs}
+        inputs = {n: getattr(args, n) for n in [*self.inputs, *self.optional_inputs] if getattr(args, n)}
         metadata = self.execute(cfg, ctx, inputs, outputs)
         print(json.dumps({"outputs": outputs, "metadata": metadata}, indent=2, default=str))
         return 0

@@ -38,10 +38,11 @@ import torch
 
 from components.common import storage
 from components.common.lineage import StageRun
+from components.common.registry import PreviousModel
 from components.common.stage import Stage, StageContext
 from components.sid_quantize import metrics
 from components.sid_quantize.collisions import resolve_collisions
-from components.sid_quantize.config import SidQuantizeConfig
+from components.sid_quantize.config import IncrementalConfig, SidQuantizeConfig
 from components.sid_quantize.encoders import embed_items, encoder_settings
 from components.sid_quantize.incremental import Previous, check_embeddings_match, load_previous, plan
 from components.sid_quantize.quantizer import Quantizer, rq_encode, save_quantizer
@@ -105,9 +106,27 @@ def _train(cfg: SidQuantizeConfig, x: torch.Tensor, seed: int) -> tuple[Quantize
     return train_rq_vae(x, cfg.codebook_sizes, cfg.rq_vae, seed)
 
 
+def continue_previous_run(cfg: SidQuantizeConfig, inputs: Mapping[str, str], tracker: StageRun) -> SidQuantizeConfig:
+    """With a production model found by ``previous_model``, assign incrementally from its run."""
+    if "previous" not in inputs:
+        return cfg
+    previous = PreviousModel.read(inputs["previous"])
+    if not previous.found:
+        log.info("no production model yet (%s): quantizing from scratch", previous.reason)
+        return cfg
+    if cfg.incremental.enabled:
+        raise QuantizeError("sid_quantize.incremental is set and scheduled retraining found a production "
+                            f"model ({previous.reason}): set only one of them")
+    tracker.set_tags({"sidreasoner.previous_model": f"{previous.registered_model} v{previous.version}"})
+    log.info("continuing the SIDs of %s", previous.reason)
+    return cfg.model_copy(update={"incremental": IncrementalConfig(
+        previous_sid_map=previous.sid_map_uri, previous_codebooks=previous.codebooks_uri)})
+
+
 def run(cfg: SidQuantizeConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     items = read_items(inputs["items"])
+    cfg = continue_previous_run(cfg, inputs, tracker)
     device = resolve_device(cfg.device)
     previous = load_previous(cfg, device) if cfg.incremental.enabled else None
     _check_catalog_fits(cfg, items["item_id"].tolist(), previous)
@@ -277,6 +296,7 @@ STAGE = Stage(
     description="Embed item text, quantize it into Semantic IDs (RQ-VAE or RQ-KMeans), make every SID "
                 "unique, measure; or extend a previous run's SIDs to a changed catalog (incremental).",
     inputs={"items": "items artifact (Parquet) from ingest, local path or gs:// URI"},
+    optional_inputs={"previous": "previous_model's JSON (scheduled retraining): keep the production run's SIDs"},
     outputs={"embeddings": "embeddings.parquet", "sid_map": "sid_map.parquet", "codebooks": "codebooks",
              "stats": "stats.json"},
 )

@@ -39,6 +39,11 @@ def test_profile_by_name_and_overrides():
     (["resources.trainer.gpus=1"], r"resources\.trainer: unknown key"),
     (["kubernetes.secrets=[{secret_name: s, env: {K: k}, stages: [nope]}]"], r"unknown stage\(s\) \['nope'\]"),
     (["run.name=Has Spaces"], r"run\.name: String should match pattern"),
+    (["retrain.registered_model=m"], r"retrain\.registered_model: .*tracking\.uri must name a store"),
+    (["retrain.registered_model=m", "tracking.uri=http://mlflow:5000", "retrain.k=20"],
+     r"retrain\.k 20 is not reported"),
+    (["retrain.registered_model=m", "tracking.uri=http://mlflow:5000", "evaluate.modes=[direct]"],
+     r"retrain\.mode 'thinking' is not evaluated"),
 ])
 def test_bad_values_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message):

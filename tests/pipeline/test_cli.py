@@ -30,6 +30,7 @@ CLUSTER = [
     "resources.ingest.node_selector={cloud.google.com/gke-accelerator: nvidia-l4}",
     "resources.ingest.tolerations=[{key: nvidia.com/gpu, effect: NoSchedule}]",
     "kubernetes.secrets=[{secret_name: teacher-api, env: {TEACHER_API_KEY: api-key}, stages: [ingest]}]",
+    "retrain.registered_model=sidreasoner-office",  # the DAG with every stage
 ]
 
 
@@ -80,6 +81,10 @@ def test_compile_writes_ir_with_images_resources_and_platform(tmp_path, monkeypa
         "producerTask": "grpo", "outputArtifactKey": "model"}
     assert tasks["reason-sft"]["inputs"]["artifacts"]["sft_model"]["taskOutputArtifact"] == {
         "producerTask": "align-sft", "outputArtifactKey": "model"}
+    for consumer in ("sid-quantize", "align-sft", "promote"):  # scheduled retraining continues production
+        assert tasks[consumer]["inputs"]["artifacts"]["previous"]["taskOutputArtifact"] == {
+            "producerTask": "previous-model", "outputArtifactKey": "previous"}
+    assert tasks["promote"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == "evaluate"
     sid_task = spec["root"]["dag"]["tasks"]["sid-quantize"]
     assert sid_task["inputs"]["artifacts"]["items"]["taskOutputArtifact"] == {
         "producerTask": "ingest", "outputArtifactKey": "items"}
@@ -147,10 +152,23 @@ def test_cluster_problems_name_local_sid_quantize_uris():
 
     cfg, _ = load_config("demo", CLUSTER)
     assert cfg.cluster_problems() == []  # the bundled encoder ships in the image
-    cfg, _ = load_config("demo", [*CLUSTER, "sid_quantize.encoder.model=/models/qwen3-embedding",
+    cfg, _ = load_config("demo", [*CLUSTER, "retrain.registered_model=null",
+                                  "sid_quantize.encoder.model=/models/qwen3-embedding",
                                   "sid_quantize.incremental.previous_sid_map=build/run/sid_map.parquet",
                                   "sid_quantize.incremental.previous_codebooks=gs://b/run/codebooks"])
     assert cfg.cluster_problems() == [
         "sid_quantize.encoder.model must be a gs:// URI on a cluster (got '/models/qwen3-embedding')",
         "sid_quantize.incremental.previous_sid_map must be a gs:// URI on a cluster (got 'build/run/sid_map.parquet')",
     ]
+
+
+def test_hardware_the_run_cannot_have_fails_before_any_work(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["run", "--config", "demo", "--out", str(out), "--set", "align_sft.bf16=true"]) == 2
+    assert "align_sft.bf16: bf16 was requested but no GPU is visible" in capsys.readouterr().err
+    assert not out.exists()
+    # on a cluster the same check uses the GPUs each step requests
+    assert cli.main(["compile", "--config", "demo", "--out", str(tmp_path / "p.yaml"), "--set",
+                     "grpo.bf16=true"]) == 2
+    assert cli.main(["compile", "--config", "demo", "--out", str(tmp_path / "p.yaml"), "--set", "grpo.bf16=true",
+                     "--set", "resources.grpo.gpus=1"]) == 0

@@ -37,7 +37,8 @@ REGISTRY, TAG = "registry.test/team/sidreasoner", "0a1b2c3-dirty"
 
 #: Every stage of the DAG (ARCHITECTURE.md), including those not yet in ``pipeline.config.STAGES``:
 #: their images are built and pushed ahead of them joining the pipeline.
-DECLARED_STAGES = ("ingest", "sid_quantize", "teacher_corpus", "align_sft", "reason_sft", "grpo", "evaluate")
+DECLARED_STAGES = ("previous_model", "ingest", "sid_quantize", "teacher_corpus", "align_sft", "reason_sft", "grpo",
+                   "evaluate", "promote")
 
 #: What the stages of each base are known to need (issue 7, STACK.md), beyond what the code
 #: present in this checkout shows.
@@ -80,7 +81,10 @@ def test_every_stage_package_has_a_dockerfile(plan):
 
 def test_compiled_ir_names_exactly_the_built_images(plan, tmp_path):
     out = tmp_path / "pipeline.yaml"
-    assert cli.main(["compile", "--config", "demo", "--registry", REGISTRY, "--tag", TAG, "--out", str(out)]) == 0
+    retraining = ["--set", "retrain.registered_model=sidreasoner-demo",  # the DAG with every stage
+                  "--set", "tracking.uri=http://mlflow.sidreasoner.svc.cluster.local:5000"]
+    assert cli.main(["compile", "--config", "demo", "--registry", REGISTRY, "--tag", TAG, "--out", str(out),
+                     *retraining]) == 0
     spec = next(yaml.safe_load_all(out.read_text()))
     ir_images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
     builds = stage_builds(plan)

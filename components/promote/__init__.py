@@ -1,0 +1,1 @@
+"""Scheduled retraining, last step: register the new model only if it beats production."""

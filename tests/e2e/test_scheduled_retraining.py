@@ -1,0 +1,141 @@
+"""Two scheduled runs on a catalog that changed in between: the second finds the first through the
+MLflow registry, keeps its SIDs, warm-starts from its model, and is promoted only if better."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.common import registry
+from components.common.modeling import sid_vocabulary
+from components.ingest.demo_data import write_demo_data
+from pipeline import cli
+from pipeline.lineage import collect, render
+from tests.e2e.test_pipeline_run import FAST
+
+MODEL = "sidreasoner-e2e"
+
+
+def _read(path: Path) -> list[dict]:
+    with gzip.open(path, "rt") as fh:
+        return [json.loads(line) for line in fh]
+
+
+def _write(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with gzip.open(path, "wt") as fh:
+        fh.writelines(json.dumps(r) + "\n" for r in rows)
+
+
+def changed_catalog(v1: Path, out: Path) -> tuple[set[str], set[str]]:
+    """v1 minus ten items (and their reviews) plus a new product line bought by new users."""
+    meta, reviews = _read(v1 / "meta.json.gz"), _read(v1 / "reviews.json.gz")
+    removed = {m["asin"] for m in meta[40:50]}
+    extra = out.parent / "extra"
+    write_demo_data(str(extra), n_items=40, n_users=150, seed=11)
+    new_meta = [{**m, "asin": "N" + m["asin"][1:]} for m in _read(extra / "meta.json.gz")]
+    new_reviews = [{**r, "asin": "N" + r["asin"][1:], "reviewerID": "V" + r["reviewerID"][1:]}
+                   for r in _read(extra / "reviews.json.gz")]
+    _write(out / "meta.json.gz", [m for m in meta if m["asin"] not in removed] + new_meta)
+    _write(out / "reviews.json.gz", [r for r in reviews if r["asin"] not in removed] + new_reviews)
+    return removed, {m["asin"] for m in new_meta}
+
+
+def _run(out: Path, source: Path, shared: list[str]) -> dict:
+    sets = [f"ingest.source={source}", *FAST, *shared]
+    assert cli.main(["run", "--config", "demo", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
+    return json.loads((out / "run.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, demo_data):
+    root = tmp_path_factory.mktemp("retrain")
+    shared = [f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"retrain.registered_model={MODEL}",
+              f"storage.cache_uri={root / 'cache'}"]
+    first = _run(root / "run1", demo_data, shared)
+    removed, added = changed_catalog(demo_data, root / "catalog-v2")
+    second = _run(root / "run2", root / "catalog-v2", shared)
+    return {"first": first, "second": second, "removed": removed, "added": added,
+            "tracking": f"sqlite:///{root / 'mlflow.db'}"}
+
+
+def _sid_map(record: dict) -> pd.DataFrame:
+    return pd.read_parquet(record["stages"]["sid_quantize"]["sid_map"]["uri"]).set_index("item_id")
+
+
+def test_first_run_starts_fresh_and_becomes_production(runs):
+    first = runs["first"]
+    assert first["stats"]["previous_model"]["found"] is False
+    decision = first["stats"]["promote"]
+    assert decision["promoted"] is True and decision["version"] == "1"
+    assert "first model" in decision["reason"]
+
+
+def test_second_run_finds_production_through_mlflow(runs):
+    previous = runs["second"]["stats"]["previous_model"]
+    assert previous["found"] is True and previous["version"] == "1"
+    assert previous["sid_map_uri"] == runs["first"]["stages"]["sid_quantize"]["sid_map"]["uri"]
+    assert previous["model_uri"] == runs["first"]["stages"]["grpo"]["model"]["uri"]
+
+
+def test_sids_are_kept_new_items_get_new_ones_and_removed_ones_retire(runs):
+    before, after = _sid_map(runs["first"]), _sid_map(runs["second"])
+    assert after["sid"].is_unique
+    kept = before.index.intersection(after.index[after["status"] != "retired"])
+    assert len(kept) > 0 and (after.loc[kept, "sid"] == before.loc[kept, "sid"]).all()
+    retired = after.index[after["status"] == "retired"]
+    assert set(runs["removed"]) & set(before.index) <= set(retired)
+    assert (after.loc[retired, "sid"] == before.loc[retired, "sid"]).all()  # kept, never reused
+    new = after.index[after["status"] == "new"]
+    assert len(new) > 0 and set(new) <= runs["added"]
+    assert not set(after.loc[new, "sid"]) & set(before["sid"])
+    counts = runs["second"]["stats"]["sid_quantize"]["incremental"]
+    assert counts["kept"] == len(kept) and counts["new"] == len(new) and counts["retired"] == len(retired)
+
+
+def test_training_warm_starts_from_the_production_model(runs):
+    import mlflow
+
+    mlflow.set_tracking_uri(runs["tracking"])
+    chain = collect(runs["second"]["run_id"])
+    align = next(s for s in chain["stages"] if s.stage == "align_sft")
+    assert runs["first"]["stages"]["grpo"]["model"]["uri"] in align.facts["sidreasoner.warm_start_from"]
+    first_vocab = sid_vocabulary(runs["first"]["stages"]["grpo"]["model"]["uri"])
+    second_vocab = sid_vocabulary(runs["second"]["stages"]["grpo"]["model"]["uri"])
+    assert set(first_vocab) <= set(second_vocab)  # no SID token of the warm-started model disappears
+
+
+def test_promotion_decision_matches_the_registry(runs):
+    import mlflow
+
+    mlflow.set_tracking_uri(runs["tracking"])
+    decision = runs["second"]["stats"]["promote"]
+    production = registry.production_version(MODEL, "production")
+    if decision["promoted"]:
+        assert str(production.version) == decision["version"] == "2"
+    else:
+        assert str(production.version) == "1" and "production kept" in decision["reason"]
+    parent = mlflow.MlflowClient().get_run(runs["second"]["mlflow"]["parent_run_id"])
+    assert parent.data.tags[registry.TAG_PROMOTION].startswith("promoted" if decision["promoted"] else "not promoted")
+
+
+def test_lineage_from_the_registered_model_back_to_the_catalog(runs):
+    import mlflow
+
+    mlflow.set_tracking_uri(runs["tracking"])
+    chain = collect(f"models:/{MODEL}@production")
+    assert chain["model"]["name"] == MODEL and "production" in chain["model"]["aliases"]
+    stages = [s.stage for s in chain["stages"]]
+    assert stages[:2] == ["promote", "evaluate"] and stages[-2:] == ["ingest", "previous_model"]
+    produced = chain["produced_by"]
+    for record in chain["stages"]:  # every input was produced inside the run, except the raw catalog
+        for artifact in record.inputs:
+            assert record.stage == "ingest" or artifact.digest in produced, (record.stage, artifact.name)
+    ingest = next(s for s in chain["stages"] if s.stage == "ingest")
+    assert {a.name for a in ingest.inputs} == {"raw_reviews", "raw_meta"}
+    text = render(chain)
+    assert f"model {MODEL} v" in text and "sidreasoner.catalog_digest" in text
