@@ -19,7 +19,7 @@ from components.align_sft.config import AlignSFTConfig, BackboneConfig
 from components.align_sft.sft import run_sft
 from components.common import storage, training
 from components.common.lineage import StageRun
-from components.common.registry import PreviousModel
+from components.common.registry import continued_from
 from components.common.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -38,11 +38,8 @@ def preflight(cfg: AlignSFTConfig, gpus: int) -> None:
 
 def warm_start(cfg: AlignSFTConfig, inputs: Mapping[str, str], tracker: StageRun) -> AlignSFTConfig:
     """With a production model found by ``previous_model``, start from it instead of the backbone."""
-    if "previous" not in inputs:
-        return cfg
-    previous = PreviousModel.read(inputs["previous"])
-    if not previous.found:
-        log.info("no production model yet (%s): starting from the configured backbone", previous.reason)
+    previous = continued_from(inputs, "starting from the configured backbone")
+    if previous is None:
         return cfg
     tracker.set_tags({"sidreasoner.warm_start_from": f"{previous.registered_model} v{previous.version}: "
                                                      f"{previous.model_uri}"})

@@ -11,6 +11,7 @@ registers its own model and moves the alias only if it scores better (stage ``pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -87,6 +88,18 @@ class PreviousModel:
     @classmethod
     def read(cls, uri: str) -> PreviousModel:
         return cls(**storage.read_json(uri))
+
+
+def continued_from(inputs: Mapping[str, str], otherwise: str) -> PreviousModel | None:
+    """The production model a stage continues from: the ``previous`` input, when previous_model
+    found one; None (logging ``otherwise``) for a run that is not scheduled or is the first."""
+    if "previous" not in inputs:
+        return None
+    previous = PreviousModel.read(inputs["previous"])
+    if not previous.found:
+        log.info("no production model yet (%s): %s", previous.reason, otherwise)
+        return None
+    return previous
 
 
 def production_version(name: str, alias: str):

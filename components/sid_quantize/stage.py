@@ -38,7 +38,7 @@ import torch
 
 from components.common import storage
 from components.common.lineage import StageRun
-from components.common.registry import PreviousModel
+from components.common.registry import continued_from
 from components.common.stage import Stage, StageContext
 from components.sid_quantize import metrics
 from components.sid_quantize.collisions import resolve_collisions
@@ -108,11 +108,8 @@ def _train(cfg: SidQuantizeConfig, x: torch.Tensor, seed: int) -> tuple[Quantize
 
 def continue_previous_run(cfg: SidQuantizeConfig, inputs: Mapping[str, str], tracker: StageRun) -> SidQuantizeConfig:
     """With a production model found by ``previous_model``, assign incrementally from its run."""
-    if "previous" not in inputs:
-        return cfg
-    previous = PreviousModel.read(inputs["previous"])
-    if not previous.found:
-        log.info("no production model yet (%s): quantizing from scratch", previous.reason)
+    previous = continued_from(inputs, "quantizing from scratch")
+    if previous is None:
         return cfg
     if cfg.incremental.enabled:
         raise QuantizeError("sid_quantize.incremental is set and scheduled retraining found a production "
