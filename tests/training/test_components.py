@@ -21,7 +21,9 @@ def test_components_declare_the_stage_artifacts():
     assert inputs["align_sft"] == {"config": "String", "context": "String", "run_key": "String",
                                    "pipeline_job_id": "String", "items": "system.Dataset@0.0.1",
                                    "samples": "system.Dataset@0.0.1", "sid_map": "system.Dataset@0.0.1",
-                                   "corpus": "system.Dataset@0.0.1"}
+                                   "corpus": "system.Dataset@0.0.1", "previous": "system.Artifact@0.0.1"}
+    # the production model of a scheduled retraining run: absent on a first run
+    assert specs["align_sft"].inputs["previous"].optional
     assert inputs["reason_sft"]["sft_model"] == "system.Model@0.0.1"
     assert inputs["grpo"]["reasoning_model"] == "system.Model@0.0.1"
     for name in specs:
