@@ -1,9 +1,8 @@
-"""Every config class of the training stages validates its defaults, the demo and paper-scale
-sections (profiles/*.yaml, to be merged into pipeline/configs/), and rejects impossible values."""
+"""Every config class of the training stages validates its defaults, the training sections of
+the real profiles (pipeline/configs/*.yaml), the paper-scale profiles' recipe settings, and rejects
+impossible values."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 
@@ -12,27 +11,30 @@ from components.common.config import ConfigError, ResourceSpec, load_yaml, parse
 from components.common.training import CheckpointConfig, LaunchConfig, TrainerSettings
 from components.grpo.config import GRPOStageConfig, RewardConfig, RolloutConfig
 from components.reason_sft.config import ReasonSFTConfig
+from pipeline.config import CONFIG_DIR
 
-PROFILES = Path(__file__).parent / "profiles"
+PROFILES = sorted(CONFIG_DIR.glob("*.yaml"))
+PAPER_PROFILES = ["games-qwen3-1.7b", "office-qwen3-1.7b", "industrial-qwen3-1.7b"]
 SECTIONS = {"align_sft": AlignSFTConfig, "reason_sft": ReasonSFTConfig, "grpo": GRPOStageConfig}
 
 
-@pytest.mark.parametrize("profile", ["demo", "paper"])
-def test_profile_sections_validate(profile):
-    data = load_yaml(PROFILES / f"{profile}.yaml")
-    assert set(data) == {*SECTIONS, "resources"}
+@pytest.mark.parametrize("profile", PROFILES, ids=[p.stem for p in PROFILES])
+def test_profile_training_sections_validate(profile):
+    data = load_yaml(profile)
     for name, model in SECTIONS.items():
-        parse_section(model, data[name], name)
-    for name, spec in data["resources"].items():
-        assert name in SECTIONS
-        parse_section(ResourceSpec, spec, f"resources.{name}")
+        parse_section(model, data.get(name, {}), name)
+    for name, spec in data.get("resources", {}).items():
+        if name in SECTIONS:
+            parse_section(ResourceSpec, spec, f"resources.{name}")
 
 
-def test_paper_profile_is_the_recipe():
-    data = load_yaml(PROFILES / "paper.yaml")
+@pytest.mark.parametrize("profile", PAPER_PROFILES)
+def test_paper_profile_is_the_recipe(profile):
+    data = load_yaml(CONFIG_DIR / f"{profile}.yaml")
     align = parse_section(AlignSFTConfig, data["align_sft"], "align_sft")
     assert (align.learning_rate, align.warmup_steps, align.global_batch_size, align.num_train_epochs,
             align.early_stopping_patience, align.max_length) == (3e-4, 20, 1024, 10, 3, 1024)
+    assert align.backbone.uri.endswith("/Qwen3-1.7B") and not align.supervise_end_token and align.bf16
     reason = parse_section(ReasonSFTConfig, data["reason_sft"], "reason_sft")
     assert (reason.learning_rate, reason.warmup_steps, reason.early_stopping_patience, reason.supervise_end_token) \
         == (1e-5, 10, 5, True)
@@ -40,9 +42,12 @@ def test_paper_profile_is_the_recipe():
     assert (grpo.num_generations, grpo.prompts_per_step, grpo.learning_rate, grpo.beta, grpo.loss_type) \
         == (16, 256, 5e-7, 0.001, "grpo")
     assert grpo.reward.level_rewards == [0.25, 0.5, 1.0] and grpo.reward.catalog_bonus == 0.1
-    # the defaults are the recipe too: the paper profile mostly spells them out
+    assert (grpo.rollout.engine, grpo.rollout.max_completion_length) == ("vllm", 1024)
+    # the defaults are the recipe too: the paper profiles mostly spell them out
     assert GRPOStageConfig().model_dump(exclude={"rollout", "checkpoint"}) == \
         grpo.model_dump(exclude={"rollout", "checkpoint"})
+    for name in SECTIONS:  # 4 GPUs per training step
+        assert parse_section(ResourceSpec, data["resources"][name], f"resources.{name}").gpus == 4
 
 
 @pytest.mark.parametrize("model", [LaunchConfig, CheckpointConfig, TrainerSettings, SFTSettings, TinyBackboneConfig,
