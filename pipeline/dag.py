@@ -133,8 +133,9 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
                                             sid_map=sid_map)
         grpo = tasks["grpo"] = step("grpo", reasoning_model=reason.outputs["model"], reasoning=reasoning,
                                     sid_map=sid_map)
+        # The production model is scored on this run's rows only when it speaks this run's SIDs.
         evaluate = tasks["evaluate"] = step("evaluate", model=grpo.outputs["model"], sid_map=sid_map, items=items,
-                                            samples=samples)
+                                            samples=samples, **(previous if retrain.incremental_sids else {}))
         if retrain.enabled:
             tasks["promote"] = step("promote", metrics=evaluate.outputs["metrics"], model=grpo.outputs["model"],
                                     model_stats=grpo.outputs["stats"], sid_map=sid_map,

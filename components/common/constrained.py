@@ -263,12 +263,8 @@ class SidTrie:
         return self.token_names.get(token, str(token))
 
 
-def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
-    """Ids of SID ``tokens``, each required to be one atomic token of ``tokenizer``.
-
-    Raises :class:`MissingSidTokensError` naming the missing ones (a checkpoint trained without
-    this SID map's vocabulary).
-    """
+def missing_tokens(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
+    """The SID ``tokens`` that are not one atomic token of ``tokenizer``."""
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     unk = getattr(tokenizer, "unk_token_id", None)
     missing = [tok for tok, i in zip(tokens, ids) if i is None or (i == unk and tok != tokenizer.unk_token)]
@@ -276,12 +272,22 @@ def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
         # an id can exist while the text still splits differently (token not registered as added)
         encoded = tokenizer(list(tokens), add_special_tokens=False)["input_ids"]
         missing = [tok for tok, i, enc in zip(tokens, ids, encoded) if enc != [i]]
+    return missing
+
+
+def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
+    """Ids of SID ``tokens``, each required to be one atomic token of ``tokenizer``.
+
+    Raises :class:`MissingSidTokensError` naming the missing ones (a checkpoint trained without
+    this SID map's vocabulary).
+    """
+    missing = missing_tokens(tokenizer, tokens)
     if missing:
         shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
         raise MissingSidTokensError(
             f"the checkpoint's tokenizer lacks {len(missing)} of the {len(tokens)} SID tokens used by the "
             f"SID map ({shown}); was the model trained with this SID map? (add_sid_tokens adds them)")
-    return [int(i) for i in ids]
+    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(tokens))]
 
 
 # ----------------------------------------------------------------------------------------------

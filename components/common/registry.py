@@ -30,6 +30,8 @@ TAG_METRIC = "sidreasoner.metric"
 TAG_METRIC_VALUE = "sidreasoner.metric_value"
 TAG_RUN_KEY = "sidreasoner.run_key"
 TAG_PROMOTION = "sidreasoner.promotion"
+#: The production model's name in evaluate's metrics when a scheduled run scores it on its rows.
+PRODUCTION_MODEL = "production"
 
 
 class RetrainConfig(Section):

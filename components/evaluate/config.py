@@ -12,9 +12,11 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.common.config import Section
+from components.common.registry import PRODUCTION_MODEL
 
 Mode = Literal["direct", "thinking"]
 Baseline = Literal["popularity", "sasrec"]
+RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", PRODUCTION_MODEL})
 
 #: K always reported, and the larger K reported when the beam is wide enough.
 BASE_KS = (1, 3, 5, 10)
@@ -93,6 +95,11 @@ class EvaluateConfig(Section):
     model); unset: all rows."""
     model_name: str = Field("sidreasoner", pattern=r"^[A-Za-z0-9_.-]+$")
     """Name of the model under test in the metrics' ``model`` column."""
+    score_production: bool = True
+    """In a scheduled retraining run that keeps the production run's SIDs, also decode the
+    production model (the ``previous`` input) on the same rows, as model ``production``, so that
+    promotion compares both models on this run's test rows rather than on scores measured on
+    different rows."""
     engine: Literal["transformers", "vllm"] = "transformers"
     """Decoding engine: transformers (CPU or GPU) or vLLM (GPU image; batch-level trie logits
     processor, prefix caching)."""
@@ -132,6 +139,9 @@ class EvaluateConfig(Section):
             if max(self.ks) > self.beam_width:
                 raise ValueError(f"beam_width {self.beam_width} is below the largest K {max(self.ks)}: every "
                                  "ranked list has beam_width items, so HR@K above it is undefined")
+        if self.model_name in RESERVED_MODEL_NAMES:
+            raise ValueError(f"model_name {self.model_name!r} names another model of the metrics: choose a name "
+                             f"other than {sorted(RESERVED_MODEL_NAMES)}")
         if self.engine == "vllm" and self.device == "cpu":
             raise ValueError("engine vllm runs on CUDA only: set device to cuda or auto")
         if self.shards > 1 and self.engine == "vllm" and self.vllm.tensor_parallel_size > 1:

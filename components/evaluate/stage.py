@@ -4,7 +4,9 @@ Artifacts:
 
 * metrics (Parquet): model, mode, split, k, hr, ndcg, valid_rate, n, latency_ms. One row per
   (model, mode, split, K); models are the one under test (``evaluate.model_name``), ``sasrec``
-  and ``popularity`` (mode ``direct``); split ``all`` joins several evaluated splits.
+  and ``popularity`` (mode ``direct``), and in a scheduled retraining run ``production`` (the
+  production model, decoded like the model under test); split ``all`` joins several evaluated
+  splits.
 * predictions (Parquet): per model, mode and evaluated row: row, split, user_id, history,
   target, ranked_items, ranked_sids, ranked_titles, scores, rank (0-based, null on a miss),
   reasoning and reasoning_closed (thinking mode), latency_s.
@@ -29,10 +31,12 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from components.common import sid as sid_codec
 from components.common import storage
-from components.common.constrained import SidTrie
+from components.common.constrained import SidTrie, missing_tokens
 from components.common.lineage import StageRun
 from components.common.modeling import local_model_dir
+from components.common.registry import PRODUCTION_MODEL, continued_from
 from components.common.stage import Stage, StageContext
 from components.evaluate.baselines import Ranking, SasrecBaseline, popularity
 from components.evaluate.config import EvaluateConfig
@@ -75,7 +79,7 @@ def _prediction(model: str, mode: str, row: pd.Series, items: list[str], sids: l
             "reasoning_closed": decoded.reasoning_closed if decoded else None, "latency_s": float(latency)}
 
 
-def _model_predictions(cfg: EvaluateConfig, rows: pd.DataFrame, catalog: Catalog,
+def _model_predictions(name: str, rows: pd.DataFrame, catalog: Catalog,
                        decoded: Mapping[str, list[Decoded]]) -> tuple[list[dict], dict[str, dict]]:
     records, valid_counts = [], {}
     for mode, results in decoded.items():
@@ -84,7 +88,7 @@ def _model_predictions(cfg: EvaluateConfig, rows: pd.DataFrame, catalog: Catalog
             mapped = [(catalog.sid_to_item.get(s), s, score) for s, score in zip(result.sids, result.scores)]
             kept = [m for m in mapped if m[0] is not None]
             valid, total = valid + len(kept), total + len(mapped)
-            record = _prediction(cfg.model_name, mode, row, [m[0] for m in kept], [m[1] for m in kept],
+            record = _prediction(name, mode, row, [m[0] for m in kept], [m[1] for m in kept],
                                  [m[2] for m in kept], catalog, result.latency_s, result)
             record["beams"], record["valid_beams"] = len(mapped), len(kept)
             records.append(record)
@@ -118,6 +122,41 @@ def _decoding_stats(decoded: Mapping[str, list[Decoded]], valid_counts: Mapping[
     return stats
 
 
+def production_model(cfg: EvaluateConfig, inputs: Mapping[str, str], catalog: Catalog,
+                     cache_dir: Path | None) -> tuple[Path | None, list[str], dict[str, Any]]:
+    """The production model's folder when this run scores it beside the model under test (else
+    None), the catalog SIDs it can name, and what to record about it (version, URI, or why it is
+    not scored).
+
+    Items that entered the catalog after the production model was trained may use SID codes its
+    vocabulary lacks: it cannot recommend them, so its beams range over the SIDs it can name, and
+    rows whose target is such an item count as its misses, as they would in service."""
+    if "previous" not in inputs:
+        return None, [], {"scored": False, "reason": "not a scheduled retraining run"}
+    previous = continued_from(inputs, "nothing to score beside this run's model")
+    if previous is None:
+        return None, [], {"scored": False, "reason": "no production model yet"}
+    info = {"scored": False, "version": previous.version, "model_uri": previous.model_uri}
+    if not cfg.score_production:
+        return None, [], {**info, "reason": "evaluate.score_production is off"}
+    from transformers import AutoTokenizer
+
+    model_dir = local_model_dir(previous.model_uri, cache_dir)
+    tokens = sorted({tok for sid in catalog.sids for tok in sid_codec.split_tokens(sid)})
+    unknown = set(missing_tokens(AutoTokenizer.from_pretrained(model_dir), tokens))
+    nameable = [sid for sid in catalog.sids if not unknown & set(sid_codec.split_tokens(sid))]
+    info["unnameable_items"] = len(catalog.sids) - len(nameable)
+    if len(nameable) < cfg.beam_width:
+        reason = (f"production version {previous.version} can name {len(nameable)} of this catalog's "
+                  f"{len(catalog.sids)} SIDs, fewer than the beam width {cfg.beam_width}")
+        log.warning("evaluate: %s; promote falls back to its recorded score", reason)
+        return None, [], {**info, "reason": reason}
+    if unknown:
+        log.info("evaluate: production version %s lacks SID token(s) %s: %d new item(s) it cannot recommend",
+                 previous.version, sorted(unknown)[:8], info["unnameable_items"])
+    return model_dir, nameable, {**info, "scored": True, "reason": "decoded on the same rows as the model under test"}
+
+
 def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     # 1. Inputs, validated before any model work.
@@ -130,18 +169,28 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
         raise EvaluationInputError(f"samples ({inputs['samples']}): the train split is empty; the baselines "
                                    f"{cfg.baselines} learn from it")
     ks = cfg.effective_ks()
-    model_dir = local_model_dir(inputs["model"], Path(ctx.cache_uri) / "models"
-                                if not storage.is_gcs(ctx.cache_uri) else None)
+    cache_dir = Path(ctx.cache_uri) / "models" if not storage.is_gcs(ctx.cache_uri) else None
+    model_dir = local_model_dir(inputs["model"], cache_dir)
     check_checkpoint(model_dir, catalog)
+    production_dir, production_sids, production = production_model(cfg, inputs, catalog, cache_dir)
     log.info("evaluate: %d rows (%s), catalog %d items, modes %s, beam %d, K %s, engine %s, %d shard(s)",
              len(rows), rows["split"].value_counts().to_dict(), len(catalog.sids), cfg.modes, cfg.beam_width, ks,
              cfg.engine, cfg.shards)
 
-    # 2. The model under test.
+    # 2. The model under test, and in a scheduled run the production model on the same rows.
     histories = [[catalog.item_sid[i] for i in h] for h in rows["history"]]
     with tempfile.TemporaryDirectory(prefix="sidreasoner-eval-") as workdir:
         decoded = decode_all(str(model_dir), catalog.sids, histories, cfg, ctx.seed, Path(workdir))
-    records, valid_counts = _model_predictions(cfg, rows, catalog, decoded)
+    records, valid_counts = _model_predictions(cfg.model_name, rows, catalog, decoded)
+    if production_dir is not None:
+        log.info("evaluate: production version %s on the same %d rows", production["version"], len(rows))
+        with tempfile.TemporaryDirectory(prefix="sidreasoner-eval-production-") as workdir:
+            production_decoded = decode_all(str(production_dir), production_sids, histories, cfg, ctx.seed,
+                                            Path(workdir))
+        production_records, production_counts = _model_predictions(PRODUCTION_MODEL, rows, catalog,
+                                                                    production_decoded)
+        records += production_records
+        production["decoding"] = _decoding_stats(production_decoded, production_counts)
 
     # 3. Baselines on the same rows.
     baseline_info: dict[str, Any] = {}
@@ -167,7 +216,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
         "rows_per_split": {str(k): int(v) for k, v in rows["split"].value_counts().items()}, "beam_width": cfg.beam_width, "ks": ks,
         "engine": cfg.engine, "shards": cfg.shards, "modes": list(cfg.modes),
         "targets_outside_catalog": int((~rows["target"].isin(set(catalog.item_ids))).sum()),
-        "decoding": _decoding_stats(decoded, valid_counts), "baselines": baseline_info,
+        "decoding": _decoding_stats(decoded, valid_counts), "baselines": baseline_info, "production": production,
         "metrics": metrics.to_dict(orient="records"),
     }
     html = render_report(metrics, predictions, stats, catalog.titles, catalog.item_sid, main_model=cfg.model_name,
@@ -215,6 +264,8 @@ STAGE = Stage(
             "sid_map": "SID map Parquet (item_id, codes, sid, status)",
             "items": "items Parquet (item_id, title, ...)",
             "samples": "samples Parquet (user_id, history, target, timestamp, split)"},
+    optional_inputs={"previous": "previous_model's JSON (scheduled retraining): score the production model "
+                                 "on the same rows"},
     outputs={"metrics": "metrics.parquet", "predictions": "predictions.parquet", "report": "report.html",
              "stats": "stats.json"},
 )

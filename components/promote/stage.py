@@ -1,15 +1,16 @@
 """Stage ``promote``: register the run's model and move the production alias, only if it is better.
 
 Compares the run's score (``retrain.metric`` @ ``retrain.k``, ``retrain.mode``,
-``retrain.split``, from evaluate's ``metrics``) with the score recorded on the production
-version (the ``previous`` artifact). A better model (by more than ``retrain.min_improvement``) or
-the first one is registered as a new version of ``retrain.registered_model``, tagged with what a
-later run needs (model, sid_map and codebooks URIs, score, run), and gets the alias. Otherwise
-nothing is registered and the reason is recorded: in the ``decision`` artifact, the stage's
-stats and the pipeline run's ``sidreasoner.promotion`` tag.
-
-Scores are compared as recorded: the production score was measured on its own run's test split,
-which a changed catalog moves; the decision says which values it compared.
+``retrain.split``, from evaluate's ``metrics``) with the production model's. When evaluate scored
+the production model on the same rows (model ``production`` in the metrics: a scheduled run that
+keeps the production SIDs), those two scores are compared; otherwise the score recorded on the
+production version when it was promoted, measured on its own run's rows (a changed catalog moves
+the test split), and the decision says so. A better model (by more than
+``retrain.min_improvement``) or the first one is registered as a new version of
+``retrain.registered_model``, tagged with what a later run needs (model, sid_map and codebooks
+URIs, score, run), and gets the alias. Otherwise nothing is registered and the reason is
+recorded: in the ``decision`` artifact, the stage's stats and the pipeline run's
+``sidreasoner.promotion`` tag.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pandas as pd
 
 from components.common import registry, storage
 from components.common.lineage import StageRun
-from components.common.registry import PreviousModel, RetrainConfig
+from components.common.registry import PRODUCTION_MODEL, PreviousModel, RetrainConfig
 from components.common.stage import Stage, StageContext
 
 log = logging.getLogger(__name__)
@@ -32,43 +33,60 @@ class PromotionError(ValueError):
     """The inputs cannot decide a promotion (the configured score is not in the metrics)."""
 
 
-def score(metrics: pd.DataFrame, cfg: RetrainConfig, uri: str) -> float:
-    """The run's value of the configured metric."""
-    row = metrics[(metrics["model"] == cfg.model_name) & (metrics["mode"] == cfg.mode)
+def score(metrics: pd.DataFrame, cfg: RetrainConfig, uri: str, model: str) -> float | None:
+    """``model``'s value of the configured metric; None when the metrics do not hold it."""
+    row = metrics[(metrics["model"] == model) & (metrics["mode"] == cfg.mode)
                   & (metrics["split"] == cfg.split) & (metrics["k"] == cfg.k)]
-    if len(row) != 1:
-        raise PromotionError(f"{uri}: no single row for model {cfg.model_name!r}, mode {cfg.mode}, split "
+    if len(row) > 1:
+        raise PromotionError(f"{uri}: {len(row)} rows for model {model!r}, mode {cfg.mode}, split {cfg.split}, "
+                             f"k {cfg.k}")
+    return float(row[cfg.metric].iloc[0]) if len(row) else None
+
+
+def run_score(metrics: pd.DataFrame, cfg: RetrainConfig, uri: str) -> float:
+    """The run's value of the configured metric (the model under test must have one)."""
+    value = score(metrics, cfg, uri, cfg.model_name)
+    if value is None:
+        raise PromotionError(f"{uri}: no row for model {cfg.model_name!r}, mode {cfg.mode}, split "
                              f"{cfg.split}, k {cfg.k} (retrain.*); the metrics hold models "
                              f"{sorted(set(metrics['model']))}, modes {sorted(set(metrics['mode']))}, "
                              f"splits {sorted(set(metrics['split']))}, k {sorted(set(metrics['k']))}")
-    return float(row[cfg.metric].iloc[0])
+    return value
 
 
-def decide(cfg: RetrainConfig, value: float, previous: PreviousModel) -> tuple[bool, str]:
-    """(promote?, why) for a run scoring ``value`` against the production model."""
+def decide(cfg: RetrainConfig, value: float, previous: PreviousModel,
+           production_value: float | None = None) -> tuple[bool, str]:
+    """(promote?, why) for a run scoring ``value`` against the production model, which scored
+    ``production_value`` on the same rows when evaluate decoded it (else its recorded score counts)."""
     if not previous.found:
         return True, f"first model of {cfg.registered_model}: {cfg.metric_name} = {value:.4f}"
-    if previous.metric != cfg.metric_name or previous.metric_value is None:
+    if production_value is not None:
+        baseline, basis = production_value, "on this run's rows"
+    elif previous.metric != cfg.metric_name or previous.metric_value is None:
         return False, (f"production version {previous.version} was scored on {previous.metric!r}, this run on "
                        f"{cfg.metric_name!r}: not comparable, production kept (move the alias by hand to "
                        "change the metric)")
-    margin = value - previous.metric_value
+    else:
+        baseline, basis = previous.metric_value, "as recorded on its own run's rows"
+    margin = value - baseline
+    production = f"production version {previous.version} ({baseline:.4f} {basis})"
     if margin > cfg.min_improvement:
-        return True, (f"{cfg.metric_name} {value:.4f} beats production version {previous.version} "
-                      f"({previous.metric_value:.4f}) by {margin:+.4f}")
-    return False, (f"{cfg.metric_name} {value:.4f} does not beat production version {previous.version} "
-                   f"({previous.metric_value:.4f}) by more than {cfg.min_improvement} ({margin:+.4f}): "
-                   "production kept")
+        return True, f"{cfg.metric_name} {value:.4f} beats {production} by {margin:+.4f}"
+    return False, (f"{cfg.metric_name} {value:.4f} does not beat {production} by more than "
+                   f"{cfg.min_improvement} ({margin:+.4f}): production kept")
 
 
 def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     previous = PreviousModel.read(inputs["previous"])
-    value = score(storage.read_parquet(inputs["metrics"]).to_pandas(), cfg, inputs["metrics"])
-    promoted, reason = decide(cfg, value, previous)
+    metrics = storage.read_parquet(inputs["metrics"]).to_pandas()
+    value = run_score(metrics, cfg, inputs["metrics"])
+    production_value = score(metrics, cfg, inputs["metrics"], PRODUCTION_MODEL) if previous.found else None
+    promoted, reason = decide(cfg, value, previous, production_value)
     decision: dict[str, Any] = {
         "promoted": promoted, "reason": reason, "metric": cfg.metric_name, "value": value,
-        "production_before": {"version": previous.version, "value": previous.metric_value} if previous.found else None,
+        "production_before": {"version": previous.version, "recorded_value": previous.metric_value,
+                              "value_on_these_rows": production_value} if previous.found else None,
         "registered_model": cfg.registered_model, "alias": cfg.alias, "version": None,
     }
     if promoted:

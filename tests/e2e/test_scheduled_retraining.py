@@ -109,6 +109,21 @@ def test_training_warm_starts_from_the_production_model(runs):
     assert set(first_vocab) <= set(second_vocab)  # no SID token of the warm-started model disappears
 
 
+def test_the_second_run_scores_production_on_its_own_test_rows(runs):
+    def metrics(record: dict) -> pd.DataFrame:
+        return pd.read_parquet(record["stages"]["evaluate"]["metrics"]["uri"])
+
+    assert "production" not in set(metrics(runs["first"])["model"])  # nothing to compare with yet
+    second = metrics(runs["second"])
+    ours, production = (second[second["model"] == name].set_index(["mode", "split", "k"])
+                        for name in ("sidreasoner", "production"))
+    assert set(production.index) == set(ours.index) and (production["n"] == ours["n"]).all()
+    decision = runs["second"]["stats"]["promote"]
+    on_rows = production.loc[("thinking", "test", 10), "ndcg"]  # retrain's defaults: ndcg@10/thinking/test
+    assert decision["production_before"]["value_on_these_rows"] == pytest.approx(on_rows)
+    assert "on this run's rows" in decision["reason"]
+
+
 def test_promotion_decision_matches_the_registry(runs):
     import mlflow
 

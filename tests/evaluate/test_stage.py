@@ -21,7 +21,9 @@ from components.evaluate.config import EvaluateConfig
 from components.evaluate.data import EvaluationInputError
 from components.evaluate.report import format_metrics_table, pick_examples
 from components.evaluate.stage import STAGE
-from tests.evaluate.conftest import sid_map_table
+from components.common.registry import PreviousModel
+from tests.evaluate.conftest import CODEBOOKS, sid_map_table
+from tests.tiny_sid_model import build_sid_model
 
 FAST = {"max_examples": 6, "beam_width": 10, "max_reasoning_tokens": 6, "batch_size": 4,
         "reasoning_batch_size": 3, "report_users": 3, "sasrec": {"epochs": 2}}
@@ -166,6 +168,66 @@ def test_retired_items_leave_the_catalog_but_stay_in_histories(eval_inputs, tmp_
     predictions = pq.read_table(outputs["predictions"]).to_pandas()
     assert not any(first_history_item in ranked for ranked in predictions["ranked_items"])
     assert storage.read_json(outputs["stats"])["catalog_items"] == len(items) - 1
+
+
+def _previous(path: Path, model_uri: str | None) -> str:
+    previous = PreviousModel(found=True, reason="test", registered_model="m", version="4", model_uri=model_uri,
+                             metric="ndcg@10/thinking/test", metric_value=0.5) if model_uri else \
+        PreviousModel(found=False, reason="no alias yet")
+    previous.write(str(path))
+    return str(path)
+
+
+def test_a_scheduled_run_scores_the_production_model_on_the_same_rows(eval_inputs, tmp_path):
+    production = build_sid_model(tmp_path / "production", CODEBOOKS, seed=9)
+    previous = _previous(tmp_path / "previous.json", str(production))
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"baselines": ["popularity"]}, previous=previous)
+    metrics = pq.read_table(outputs["metrics"]).to_pandas()
+    assert set(metrics["model"]) == {"sidreasoner", "production", "popularity"}
+    assert set(metrics[metrics["model"] == "production"]["mode"]) == {"thinking", "direct"}
+    predictions = pq.read_table(outputs["predictions"]).to_pandas()
+    rows = {model: sorted(g["row"]) for model, g in predictions.groupby("model")}
+    assert rows["production"] == rows["sidreasoner"] and len(rows["production"]) == 12
+    # a different model: its own rankings, not a copy of the model under test's
+    ours, theirs = (predictions[predictions["model"] == m].sort_values(["mode", "row"]) for m in ("sidreasoner",
+                                                                                                  "production"))
+    assert [list(x) for x in ours["ranked_sids"]] != [list(x) for x in theirs["ranked_sids"]]
+    info = storage.read_json(outputs["stats"])["production"]
+    assert info["scored"] and info["version"] == "4" and set(info["decoding"]) == {"thinking", "direct"}
+
+
+def test_new_items_the_production_model_cannot_name_count_as_its_misses(eval_inputs, tmp_path):
+    """Items added since production was trained may use codes its vocabulary lacks (here every
+    item with first code 3): it is scored over the SIDs it can name."""
+    production = build_sid_model(tmp_path / "production", (3, 6, 6), seed=9)
+    previous = _previous(tmp_path / "previous.json", str(production))
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"modes": ["direct"], "baselines": []}, previous=previous)
+    predictions = pq.read_table(outputs["predictions"]).to_pandas()
+    theirs = predictions[predictions["model"] == "production"]
+    assert len(theirs) == 6 and all(len(sids) == 10 for sids in theirs["ranked_sids"])
+    assert not any(sid.startswith("<a_3>") for sids in theirs["ranked_sids"] for sid in sids)
+    sid_map = pq.read_table(eval_inputs.sid_map).to_pandas()
+    info = storage.read_json(outputs["stats"])["production"]
+    assert info["scored"] and info["unnameable_items"] == int(sid_map["sid"].str.startswith("<a_3>").sum()) > 0
+
+
+@pytest.mark.parametrize("case", ["first run", "switched off", "other vocabulary"])
+def test_the_production_model_is_not_scored_when_it_cannot_or_should_not_be(eval_inputs, tmp_path, case):
+    model_uri = None if case == "first run" else str(build_sid_model(tmp_path / "production", CODEBOOKS, seed=9))
+    if case == "other vocabulary":  # SID tokens of this catalog missing from the production model
+        model_uri = str(modeling.build_tiny_backbone(tmp_path / "plain", ["pens and paper"] * 10, vocab_size=280))
+    overrides = {"modes": ["direct"], "baselines": [], "score_production": case != "switched off"}
+    outputs, _ = run_stage(tmp_path, eval_inputs, overrides, previous=_previous(tmp_path / "previous.json", model_uri))
+    assert set(pq.read_table(outputs["metrics"]).to_pandas()["model"]) == {"sidreasoner"}
+    info = storage.read_json(outputs["stats"])["production"]
+    assert not info["scored"]
+    assert {"first run": "no production model yet", "switched off": "score_production is off",
+            "other vocabulary": "can name 0 of this catalog's"}[case] in info["reason"]
+
+
+def test_model_name_must_not_be_another_models_name():
+    with pytest.raises(ConfigError, match="names another model"):
+        parse_section(EvaluateConfig, {"model_name": "production"}, "evaluate")
 
 
 def test_component_compiles_with_typed_artifacts(tmp_path):

@@ -205,7 +205,8 @@ def test_gpu_profiles_retrain_on_schedule_through_the_registry(compiled, profile
     assert (cfg.retrain.mode, cfg.retrain.split) in {(m, s) for m in cfg.evaluate.modes for s in cfg.evaluate.splits}
     tasks = spec["root"]["dag"]["tasks"]
     assert set(tasks) == {task_name(stage) for stage in STAGES}
-    assert "previous-model" in tasks["align-sft"]["dependentTasks"]
+    assert "previous-model" in tasks["align-sft"]["dependentTasks"]  # warm start
+    assert "previous-model" in tasks["evaluate"]["dependentTasks"]  # production scored on the same rows
     assert "evaluate" in tasks["promote"]["dependentTasks"]
     for profile_name in LOCAL_PROFILES:
         assert not load_config(profile_name)[0].retrain.enabled
