@@ -225,10 +225,13 @@ def decode_all(model_dir: str, catalog_sids: Sequence[str], histories: Sequence[
     parts = [p for p in np.array_split(np.arange(len(histories)), min(cfg.shards, len(histories))) if len(p)]
     jobs = [ShardJob(i, model_dir, list(catalog_sids), [list(histories[j]) for j in part], list(cfg.modes),
                      cfg.model_dump_json(), seed, str(workdir)) for i, part in enumerate(parts)]
-    if len(jobs) == 1:
+    # vLLM does not reliably give its GPU memory back when an engine is dropped, and a scheduled
+    # run decodes two models (its own and production) one after the other: so every vLLM
+    # decoding runs in processes of its own, which release the memory when they exit.
+    if len(jobs) == 1 and cfg.engine != "vllm":
         results = [run_shard(jobs[0])]
     else:
-        log.info("decoding %d rows in %d shard processes", len(histories), len(jobs))
+        log.info("decoding %d rows in %d shard process(es)", len(histories), len(jobs))
         with ProcessPoolExecutor(max_workers=len(jobs), mp_context=get_context("spawn")) as pool:
             results = list(pool.map(run_shard, jobs))
     return {mode: [d for result in results for d in result[mode]] for mode in cfg.modes}

@@ -73,3 +73,35 @@ def test_vllm_engine_arguments():
     assert kwargs["dtype"] == "bfloat16" and kwargs["max_model_len"] == 2048
     module, name = VLLM_PROCESSOR_FQCN.split(":")
     assert hasattr(importlib.import_module(module), name)
+
+
+@pytest.mark.parametrize("engine, shards, processes", [("transformers", 1, 0), ("transformers", 2, 2),
+                                                       ("vllm", 1, 1), ("vllm", 2, 2)])
+def test_vllm_decodes_in_processes_of_its_own(monkeypatch, tmp_path, engine, shards, processes):
+    """A vLLM engine's GPU memory is released only when its process exits, and a scheduled run
+    decodes two models in a row: vLLM always decodes in child processes, one per shard."""
+    from components.evaluate import decoding
+
+    pools = []
+
+    class RecordingPool:  # stands in for the spawn pool: runs the shards here, counts workers
+        def __init__(self, max_workers, mp_context):
+            pools.append(max_workers)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def map(self, fn, jobs):
+            return [fn(job) for job in jobs]
+
+    monkeypatch.setattr(decoding, "ProcessPoolExecutor", RecordingPool)
+    monkeypatch.setattr(decoding, "run_shard", lambda job: {"direct": [len(h) for h in job.histories]})
+    cfg = parse_section(EvaluateConfig, {"engine": engine, "device": "auto", "shards": shards, "modes": ["direct"]},
+                        "evaluate")
+    histories = [["<a_1><b_1>"] * n for n in (1, 2, 3, 4)]
+    out = decoding.decode_all("model", ["<a_1><b_1>"], histories, cfg, 0, tmp_path)
+    assert out == {"direct": [1, 2, 3, 4]}  # row order kept across shards
+    assert sum(pools) == processes
