@@ -26,7 +26,7 @@ CHAIN = tuple(reversed(STAGES))
 #: What identifies each stage's work: params, metrics (exact keys or a regex) and tags.
 FACTS: dict[str, dict[str, list[str]]] = {
     "previous_model": {"tags": ["sidreasoner.previous_model"]},
-    "promote": {"metrics": ["promoted", "score"]},
+    "promote": {"metrics": ["promoted", "score", "production_score"]},
     "evaluate": {"params": ["modes", "beam_width", "max_examples"], "metrics": [r"re:.*\.(hr|ndcg)_at_10"]},
     "grpo": {"params": ["reward.mode", "learning_rate", "num_generations", "beta"],
              "metrics": ["global_step", "reward_first", "reward_last", "hit_rate_last",

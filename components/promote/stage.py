@@ -101,7 +101,8 @@ def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], output
         })
     log.info("promotion: %s", reason)
     digest = storage.write_json(outputs["decision"], decision)
-    tracker.log_metrics({"promoted": int(promoted), "score": value})
+    tracker.log_metrics({"promoted": int(promoted), "score": value,
+                         **({"production_score": production_value} if production_value is not None else {})})
     tracker.log_dict(decision, "promotion.json")
     tracker.set_parent_tags({registry.TAG_PROMOTION: ("promoted: " if promoted else "not promoted: ") + reason})
     return {"decision": {"digest": digest, "promoted": promoted, "version": decision["version"] or ""}}

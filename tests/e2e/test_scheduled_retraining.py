@@ -122,6 +122,11 @@ def test_the_second_run_scores_production_on_its_own_test_rows(runs):
     on_rows = production.loc[("thinking", "test", 10), "ndcg"]  # retrain's defaults: ndcg@10/thinking/test
     assert decision["production_before"]["value_on_these_rows"] == pytest.approx(on_rows)
     assert "on this run's rows" in decision["reason"]
+    import mlflow
+
+    mlflow.set_tracking_uri(runs["tracking"])
+    promote = next(s for s in collect(runs["second"]["run_id"])["stages"] if s.stage == "promote")
+    assert float(promote.facts["production_score"]) == pytest.approx(on_rows, abs=1e-4)  # shown rounded
 
 
 def test_promotion_decision_matches_the_registry(runs):
