@@ -263,8 +263,8 @@ class SidTrie:
         return self.token_names.get(token, str(token))
 
 
-def missing_tokens(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
-    """The SID ``tokens`` that are not one atomic token of ``tokenizer``."""
+def _atomic_ids(tokenizer: Any, tokens: Sequence[str]) -> tuple[list[Any], list[str]]:
+    """(ids of ``tokens``, the ones among them that are not one atomic token of ``tokenizer``)."""
     ids = tokenizer.convert_tokens_to_ids(list(tokens))
     unk = getattr(tokenizer, "unk_token_id", None)
     missing = [tok for tok, i in zip(tokens, ids) if i is None or (i == unk and tok != tokenizer.unk_token)]
@@ -272,7 +272,12 @@ def missing_tokens(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
         # an id can exist while the text still splits differently (token not registered as added)
         encoded = tokenizer(list(tokens), add_special_tokens=False)["input_ids"]
         missing = [tok for tok, i, enc in zip(tokens, ids, encoded) if enc != [i]]
-    return missing
+    return ids, missing
+
+
+def missing_tokens(tokenizer: Any, tokens: Sequence[str]) -> list[str]:
+    """The SID ``tokens`` that are not one atomic token of ``tokenizer``."""
+    return _atomic_ids(tokenizer, tokens)[1]
 
 
 def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
@@ -281,13 +286,13 @@ def token_ids(tokenizer: Any, tokens: Sequence[str]) -> list[int]:
     Raises :class:`MissingSidTokensError` naming the missing ones (a checkpoint trained without
     this SID map's vocabulary).
     """
-    missing = missing_tokens(tokenizer, tokens)
+    ids, missing = _atomic_ids(tokenizer, tokens)
     if missing:
         shown = ", ".join(missing[:8]) + (", ..." if len(missing) > 8 else "")
         raise MissingSidTokensError(
             f"the checkpoint's tokenizer lacks {len(missing)} of the {len(tokens)} SID tokens used by the "
             f"SID map ({shown}); was the model trained with this SID map? (add_sid_tokens adds them)")
-    return [int(i) for i in tokenizer.convert_tokens_to_ids(list(tokens))]
+    return [int(i) for i in ids]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -142,9 +142,10 @@ def production_model(cfg: EvaluateConfig, inputs: Mapping[str, str], catalog: Ca
     from transformers import AutoTokenizer
 
     model_dir = local_model_dir(previous.model_uri, cache_dir)
-    tokens = sorted({tok for sid in catalog.sids for tok in sid_codec.split_tokens(sid)})
+    sid_tokens = {sid: sid_codec.split_tokens(sid) for sid in catalog.sids}
+    tokens = sorted({tok for toks in sid_tokens.values() for tok in toks})
     unknown = set(missing_tokens(AutoTokenizer.from_pretrained(model_dir), tokens))
-    nameable = [sid for sid in catalog.sids if not unknown & set(sid_codec.split_tokens(sid))]
+    nameable = [sid for sid, toks in sid_tokens.items() if unknown.isdisjoint(toks)]
     info["unnameable_items"] = len(catalog.sids) - len(nameable)
     if len(nameable) < cfg.beam_width:
         reason = (f"production version {previous.version} can name {len(nameable)} of this catalog's "
