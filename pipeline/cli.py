@@ -63,12 +63,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pipeline.local import default_run_dir, run_local
-
-    from components.common.training import visible_gpus
     import pandas as pd
 
+    from components.common.training import visible_gpus
     from components.evaluate.report import format_metrics_table
+    from pipeline.local import default_run_dir, run_local
 
     cfg, profile = _load(args)
     cfg.check_hardware({stage: visible_gpus() for stage in STAGES})

@@ -119,10 +119,12 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
         if retrain.enabled:
             tasks["previous_model"] = step("previous_model")
             previous = {"previous": tasks["previous_model"].outputs["previous"]}
+        # Keeping the production SIDs (sid_quantize) and scoring production on this run's rows
+        # (evaluate) both need retrain.incremental_sids.
+        previous_sids = previous if retrain.incremental_sids else {}
         ingest = tasks["ingest"] = step("ingest")
         items, samples = ingest.outputs["items"], ingest.outputs["samples"]
-        sid = tasks["sid_quantize"] = step("sid_quantize", items=items,
-                                           **(previous if retrain.incremental_sids else {}))
+        sid = tasks["sid_quantize"] = step("sid_quantize", items=items, **previous_sids)
         sid_map = sid.outputs["sid_map"]
         corpus = tasks["teacher_corpus"] = step("teacher_corpus", items=items, samples=samples, sid_map=sid_map)
         reasoning = corpus.outputs["reasoning"]
@@ -133,9 +135,9 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
                                             sid_map=sid_map)
         grpo = tasks["grpo"] = step("grpo", reasoning_model=reason.outputs["model"], reasoning=reasoning,
                                     sid_map=sid_map)
-        # The production model is scored on this run's rows only when it speaks this run's SIDs.
+        # The production model is scored on this run's rows (it speaks this run's SIDs).
         evaluate = tasks["evaluate"] = step("evaluate", model=grpo.outputs["model"], sid_map=sid_map, items=items,
-                                            samples=samples, **(previous if retrain.incremental_sids else {}))
+                                            samples=samples, **previous_sids)
         if retrain.enabled:
             tasks["promote"] = step("promote", metrics=evaluate.outputs["metrics"], model=grpo.outputs["model"],
                                     model_stats=grpo.outputs["stats"], sid_map=sid_map,

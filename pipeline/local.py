@@ -31,6 +31,7 @@ from pipeline.dag import STAGE_OUTPUTS, build_pipeline, output_name
 
 log = logging.getLogger(__name__)
 
+
 def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_location: str | None) -> StageContext:
     return StageContext(
         pipeline_name=cfg.run.name, profile=profile, config_hash=config_hash(cfg),
