@@ -60,16 +60,20 @@ def reason(tmp_path_factory, synthetic, align, tracking_uri) -> dict:
         tracking_uri)
 
 
+def run_grpo(tmp, settings: dict, prompts: str, reason: dict, synthetic: dict, tracking_uri: str) -> dict:
+    """GRPO on ``prompts`` from the reasoning model, with ``settings`` over the shared tiny ones."""
+    return run_stage(GRPO, {
+        "learning_rate": 5e-4, "num_generations": 8, "per_device_batch_size": 16, "checkpoint": {"every_steps": 5},
+        "rollout": {"max_completion_length": 16, "max_prompt_length": 512}, **settings,
+    }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"]},
+        tracking_uri)
+
+
 @pytest.fixture(scope="module")
 def grpo(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
     tmp = tmp_path_factory.mktemp("grpo")
     prompts = write_reasoning(tmp / "prompts.parquet", 32, targets=[GRPO_TARGET], seed=1)
-    return run_stage(GRPO, {
-        "learning_rate": 5e-4, "max_steps": 10, "num_generations": 8, "rollout_batch_size": 32,
-        "per_device_batch_size": 16, "checkpoint": {"every_steps": 5},
-        "rollout": {"max_completion_length": 16, "max_prompt_length": 512},
-    }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"]},
-        tracking_uri)
+    return run_grpo(tmp, {"max_steps": 10, "rollout_batch_size": 32}, prompts, reason, synthetic, tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -77,13 +81,8 @@ def grpo_beam(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
     """The second reward mode: trie-constrained beam rollouts, exact-match rank reward."""
     tmp = tmp_path_factory.mktemp("grpo_beam")
     prompts = write_reasoning(tmp / "prompts.parquet", 16, targets=[GRPO_TARGET], seed=2)
-    return run_stage(GRPO, {
-        "learning_rate": 5e-4, "max_steps": 3, "num_generations": 8, "rollout_batch_size": 16,
-        "per_device_batch_size": 16, "checkpoint": {"every_steps": 5},
-        "reward": {"mode": "beam_rank", "beam_width": 4},
-        "rollout": {"max_completion_length": 16, "max_prompt_length": 512},
-    }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"]},
-        tracking_uri)
+    return run_grpo(tmp, {"max_steps": 3, "rollout_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4}},
+                    prompts, reason, synthetic, tracking_uri)
 
 
 def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, bool]:
