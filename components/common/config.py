@@ -23,6 +23,8 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from components.common.errors import ExpectedError
+
 __all__ = [
     "ConfigError",
     "Section",
@@ -42,8 +44,10 @@ __all__ = [
 ]
 
 
-class ConfigError(ValueError):
+class ConfigError(ExpectedError, ValueError):
     """A profile, override or section is invalid. The message names every offending key."""
+
+    exit_code = 2
 
 
 class Section(BaseModel):

@@ -34,12 +34,14 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from components.common.errors import ExpectedError
+
 GCS_PREFIX = "gs://"
 MANIFEST = "_MANIFEST.json"
 _CHUNK = 1 << 20
 
 
-class StorageError(RuntimeError):
+class StorageError(ExpectedError, RuntimeError):
     """An artifact is missing, incomplete or could not be transferred."""
 
 
