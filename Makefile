@@ -52,7 +52,7 @@ lock: install
 # One image per stage, on the base its work needs (README "Images"). Each name is what
 # `sidreasoner compile --registry R --tag T` writes into the IR (ImagesConfig.for_stage):
 # R/<stage with _ as ->:T.
-CPU_STAGES := previous_model ingest teacher_corpus promote
+CPU_STAGES := previous_model ingest baselines teacher_corpus promote
 CUDA_STAGES := sid_quantize align_sft reason_sft grpo evaluate
 STAGES := $(CPU_STAGES) $(CUDA_STAGES)
 

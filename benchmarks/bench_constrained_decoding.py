@@ -36,6 +36,7 @@ from transformers import LogitsProcessor, LogitsProcessorList
 from benchmarks.harness import best_of
 from components.common import modeling, prompts, sid
 from components.common.constrained import SidTrie, SidTrieLogitsProcessor, constrained_beam_search
+from components.common.training import backbone
 
 CODEBOOKS = (256, 256, 256)
 BATCH, BEAMS, CATALOG = 8, 50, 10_000
@@ -104,10 +105,10 @@ class AllocationMeter(TorchDispatchMode):
 
 
 def build_model(root: Path):
-    base = modeling.build_tiny_backbone(root / "base", TEXTS, vocab_size=400, seed=0)
+    base = backbone.build_tiny_backbone(root / "base", TEXTS, vocab_size=400, seed=0)
     model, tok = modeling.load_causal_lm(base)
     tokens = sid.vocabulary(CODEBOOKS)
-    modeling.add_sid_tokens(model, tok, tokens)
+    backbone.add_sid_tokens(model, tok, tokens)
     ids = tok.convert_tokens_to_ids(tokens)
     with torch.no_grad():  # distinct SID embeddings, so beams have something to rank
         emb = model.get_input_embeddings().weight

@@ -13,54 +13,56 @@ from pathlib import Path
 
 import torch
 
-from components.align_sft import data
-from components.align_sft.config import SFTSettings
-from components.common import modeling, prompts, sid, training
-from components.grpo.config import GRPOStageConfig
+from components.common import artifacts, prompts, sid
+from components.common.modeling import load_causal_lm
+from components.common.training import backbone, grpo, launch, sft
+from components.common.training.settings import GRPOSettings, SFTSettings
+from components.grpo.config import RewardConfig
 
 SFT_STEPS, SFT_BATCH = 20, 16
 GRPO_STEPS, GRPO_PROMPTS, GRPO_GROUP, GRPO_NEW_TOKENS = 3, 8, 4, 32
 GRPO_BEAM_WIDTH = 2  # beam mode: 2 reasonings x 2 SID beams per group of 4
+RECORD = artifacts.ModelRecord(sid_space=None, sid_map_digest=None, stage="bench")
 
 
 def _backbone(root: Path, catalog: list[str]) -> Path:
     texts = [prompts.REASONING_SYSTEM, prompts.REASONING_USER, prompts.DIRECT_SYSTEM, prompts.DIRECT_USER,
              "The user keeps buying pens, paper and staplers for the office."] * 20
-    tiny = modeling.build_tiny_backbone(root / "tiny", texts, vocab_size=2000, seed=0)
-    model, tokenizer = modeling.load_causal_lm(tiny)
+    tiny = backbone.build_tiny_backbone(root / "tiny", texts, vocab_size=2000, seed=0)
+    model, tokenizer = load_causal_lm(tiny)
     torch.manual_seed(0)
-    modeling.add_sid_tokens(model, tokenizer, catalog)
-    modeling.save_backbone(model, tokenizer, root / "base")
+    backbone.add_sid_tokens(model, tokenizer, catalog)
+    backbone.save_backbone(model, tokenizer, root / "base", catalog)
     return root / "base"
 
 
-def _rows(catalog_sids: list[str], n: int) -> list[data.ReasoningRow]:
+def _rows(catalog_sids: list[str], n: int) -> list[artifacts.ReasoningRow]:
     rng = random.Random(0)
-    return [data.ReasoningRow([rng.choice(catalog_sids) for _ in range(5)],
+    return [artifacts.ReasoningRow([rng.choice(catalog_sids) for _ in range(5)],
                               "The user keeps buying office supplies, so more of them come next.",
                               rng.choice(catalog_sids)) for _ in range(n)]
 
 
-def _job(root: Path, name: str, entry: str, payload: dict, gpu: bool) -> training.TrainJob:
-    return training.TrainJob(entry=entry, stage=name, payload=payload, output_dir=str(root / name / "ckpt"),
-                             final_dir=str(root / name / "final"), checkpoint_uri=str(root / name / "remote"),
-                             checkpoint_every=10_000, keep_checkpoints=1, use_cpu=not gpu)
+def _job(root: Path, name: str, entry: str, payload, gpu: bool) -> launch.TrainJob:
+    return launch.TrainJob(entry=entry, stage=name, payload=payload.model_dump(mode="json"), output_dir=str(root / name / "ckpt"),
+                           final_dir=str(root / name / "final"), checkpoint_uri=str(root / name / "remote"),
+                           checkpoint_every=10_000, keep_checkpoints=1, use_cpu=not gpu)
 
 
-def _sft(root: Path, base: Path, rows: list[data.ReasoningRow], catalog: list[str], gpu: bool) -> dict:
+def _sft(root: Path, base: Path, rows: list[artifacts.ReasoningRow], catalog: list[str], gpu: bool) -> dict:
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base)
-    encoded = data.encode_reasoning(tokenizer, rows, "reasoning", max_length=512)
+    encoded = sft.encode_reasoning(tokenizer, rows, "reasoning", max_length=512)
     encoded.dataset().save_to_disk(str(root / "sft-data"))
     settings = SFTSettings(bf16=gpu, gradient_checkpointing=False, learning_rate=1e-3, warmup_steps=0,
                            max_steps=SFT_STEPS, global_batch_size=SFT_BATCH, per_device_batch_size=SFT_BATCH,
                            eval_strategy="no", early_stopping_patience=None, logging_steps=SFT_STEPS)
-    job = _job(root, "sft", "components.align_sft.sft:train_sft", {
-        "settings": settings.model_dump(mode="json"), "base_model": str(base), "train_data": str(root / "sft-data"),
-        "eval_data": None, "gradient_accumulation_steps": 1, "sid_vocab": catalog}, gpu)
-    training.run_entry(job)
+    job = _job(root, "sft", sft.ENTRY, sft.SFTPayload(
+        settings=settings, base_model=str(base), train_data=str(root / "sft-data"), gradient_accumulation_steps=1,
+        record=RECORD, sid_vocab=catalog), gpu)
+    launch.run_entry(job)
     result = json.loads(job.result_path.read_text())
     runtime = next(r["train_runtime"] for r in reversed(result["log_history"]) if "train_runtime" in r)
     sft_tokens_per_s = result["num_input_tokens_seen"] / runtime
@@ -88,7 +90,7 @@ def _sft(root: Path, base: Path, rows: list[data.ReasoningRow], catalog: list[st
             "sft_vs_bare_loop_speed_ratio": sft_tokens_per_s / bare_tokens_per_s}
 
 
-def _grpo(root: Path, base: Path, rows: list[data.ReasoningRow], catalog: list[str], catalog_sids: list[str],
+def _grpo(root: Path, base: Path, rows: list[artifacts.ReasoningRow], catalog: list[str], catalog_sids: list[str],
           gpu: bool) -> dict:
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -123,13 +125,15 @@ def _grpo_steps(root: Path, name: str, base: Path, catalog: list[str], catalog_s
                 reward: dict) -> tuple[float, float]:
     """(mean seconds per GRPO step, trained completion tokens per step) of ``GRPO_STEPS`` steps."""
     rollouts = GRPO_PROMPTS * GRPO_GROUP
-    cfg = GRPOStageConfig(bf16=gpu, gradient_checkpointing=False, learning_rate=1e-5, max_steps=GRPO_STEPS,
-                          num_generations=GRPO_GROUP, rollout_batch_size=rollouts, per_device_batch_size=rollouts,
-                          reward=reward, rollout={"engine": "hf", "max_completion_length": GRPO_NEW_TOKENS})
-    job = _job(root, name, "components.grpo.train:train_grpo", {
-        "config": cfg.model_dump(mode="json"), "base_model": str(base), "prompts": str(root / "prompts"),
-        "catalog": catalog_sids, "sid_vocab": catalog, "gradient_accumulation_steps": 1, "use_vllm": False}, gpu)
-    training.run_entry(job)
+    settings = GRPOSettings(bf16=gpu, gradient_checkpointing=False, learning_rate=1e-5, max_steps=GRPO_STEPS,
+                            num_generations=GRPO_GROUP, rollout_batch_size=rollouts, per_device_batch_size=rollouts,
+                            logging_steps=1, rollout={"engine": "hf", "max_completion_length": GRPO_NEW_TOKENS})
+    job = _job(root, name, grpo.ENTRY, grpo.GRPOPayload(
+        settings=settings, base_model=str(base), prompts=str(root / "prompts"), gradient_accumulation_steps=1,
+        use_vllm=False, rewards="components.grpo.rewards:for_training",
+        reward_args={"reward": RewardConfig.model_validate(reward).model_dump(mode="json"), "catalog": catalog_sids},
+        record=RECORD, sid_vocab=catalog), gpu)
+    launch.run_entry(job)
     result = json.loads(job.result_path.read_text())
     steps = [r for r in result["log_history"] if "reward" in r]
     step_seconds = sum(r["step_time"] for r in steps) / len(steps)
@@ -142,7 +146,7 @@ def _profile(gpu: bool) -> dict:
     catalog_sids = sorted({sid.format_sid([rng.randrange(8) for _ in range(3)]) for _ in range(200)})
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        training.quiet_progress_bars()
+        launch.quiet_progress_bars()
         base = _backbone(root, catalog)
         rows = _rows(catalog_sids, 128)
         return {**_sft(root, base, rows, catalog, gpu),

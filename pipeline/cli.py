@@ -65,7 +65,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from components.common.training import visible_gpus
+    from components.common.training.launch import visible_gpus
     from components.evaluate.report import format_metrics_table
     from pipeline.local import default_run_dir, run_local
 
@@ -188,11 +188,11 @@ def cmd_tiny_backbone(args: argparse.Namespace) -> int:
     """An offline tiny Qwen3 backbone: tokenizer trained on the catalog (+ corpus) text."""
     import shutil
 
-    from components.align_sft.backbone import build_tiny, extend_with_sids
     from components.align_sft.config import TinyBackboneConfig
-    from components.align_sft.data import read_catalog
     from components.common import storage
+    from components.common.artifacts import read_catalog
     from components.common.config import parse_section
+    from components.common.training.backbone import build_tiny, extend_with_sids
 
     shape = parse_section(TinyBackboneConfig, {
         "vocab_size": args.vocab_size, "hidden_size": args.hidden_size, "intermediate_size": args.intermediate_size,

@@ -8,8 +8,11 @@ MLflow store); ``submit`` and ``schedule`` refuse such a config, ``compile`` war
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
-from pydantic import Field, model_validator
+from typing import Any
+
+from pydantic import Field, create_model, model_validator
 
 from components.common import storage
 from components.common.config import (
@@ -25,73 +28,43 @@ from components.common.config import (
     load_yaml,
     parse_section,
 )
-from components.align_sft.config import AlignSFTConfig
-from components.common.registry import RetrainConfig
-from components.common.training import TrainerSettings, check_hardware
-from components.evaluate.config import EvaluateConfig
-from components.grpo.config import GRPOStageConfig
-from components.ingest.config import IngestConfig
-from components.reason_sft.config import ReasonSFTConfig
-from components.sid_quantize.config import BUILTIN_MINILM, SidQuantizeConfig
-from components.teacher_corpus.config import TeacherCorpusConfig
+from components.common.stage import Input, Stage
+from components.common.training.launch import check_hardware
+from components.common.training.settings import TrainerSettings
+from components.sid_quantize.config import BUILTIN_MINILM
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
-#: Stages in DAG order. A stage's name is also its config section and resources key.
-STAGES: tuple[str, ...] = ("previous_model", "ingest", "sid_quantize", "teacher_corpus", "align_sft",
-                           "reason_sft", "grpo", "evaluate", "promote")
-#: Stages that exist only when scheduled retraining is on (``retrain.registered_model`` set).
-RETRAIN_STAGES: tuple[str, ...] = ("previous_model", "promote")
-#: Stages whose config section is not named after them.
-SECTIONS: dict[str, str] = {"previous_model": "retrain", "promote": "retrain"}
-#: Stages that train a model (their settings are checked against the GPUs they will get).
-TRAINING_STAGES: tuple[str, ...] = ("align_sft", "reason_sft", "grpo")
+#: The pipeline's stages in DAG order. Each package declares its stage (``STAGE`` in its
+#: ``__init__.py``): config section, inputs and where they come from, outputs, image, resources.
+#: Adding a stage is one name here.
+STAGE_PACKAGES: tuple[str, ...] = ("previous_model", "ingest", "sid_quantize", "baselines", "teacher_corpus",
+                                   "align_sft", "reason_sft", "grpo", "evaluate", "promote")
+DECLARATIONS: dict[str, Stage] = {
+    name: importlib.import_module(f"components.{name}").STAGE for name in STAGE_PACKAGES}
+STAGES: tuple[str, ...] = tuple(DECLARATIONS)
+assert all(stage.name == name for name, stage in DECLARATIONS.items()), "a stage's name is its package's"
 
 
-def _cpu(cpu: str, memory: str):
-    return lambda: ResourceSpec(cpu_request=cpu, memory_request=memory)
+def _section_field(section: type[Section], description: str) -> tuple[type[Section], Any]:
+    """A profile section: required when its class has required fields, else defaulted."""
+    if any(field.is_required() for field in section.model_fields.values()):
+        return section, Field(description=description)
+    return section, Field(default_factory=section, description=description)
 
 
-class Resources(Section):
-    """Kubernetes resources per stage."""
-
-    previous_model: ResourceSpec = Field(default_factory=_cpu("500m", "1G"))
-    """Reads the MLflow registry."""
-    ingest: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
-    sid_quantize: ResourceSpec = Field(default_factory=_cpu("4", "16G"))
-    """The paper's encoder (Qwen3-Embedding-4B) wants a GPU: set gpus and a node selector."""
-    teacher_corpus: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
-    """Network-bound (teacher calls); no GPU."""
-    align_sft: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
-    """Paper scale: 4 GPUs (RECIPE.md section 8)."""
-    reason_sft: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
-    grpo: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
-    evaluate: ResourceSpec = Field(default_factory=_cpu("2", "8G"))
-    """Paper scale: 2 GPUs (the test set sharded)."""
-    promote: ResourceSpec = Field(default_factory=_cpu("500m", "1G"))
-    """Registers a model version in MLflow."""
+Resources = create_model(
+    "Resources", __base__=Section, __doc__="Kubernetes resources per stage (defaults: each stage's declaration).",
+    **{name: (ResourceSpec, Field(default_factory=stage.resources.model_copy, description=stage.description))
+       for name, stage in DECLARATIONS.items()})
 
 
-class RunConfig(Section):
-    """A whole run profile."""
-
-    run: RunSection = Field(default_factory=RunSection)
-    ingest: IngestConfig
-    sid_quantize: SidQuantizeConfig = Field(default_factory=SidQuantizeConfig)
-    teacher_corpus: TeacherCorpusConfig = Field(default_factory=TeacherCorpusConfig)
-    align_sft: AlignSFTConfig
-    reason_sft: ReasonSFTConfig = Field(default_factory=ReasonSFTConfig)
-    grpo: GRPOStageConfig = Field(default_factory=GRPOStageConfig)
-    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
-    retrain: RetrainConfig = Field(default_factory=RetrainConfig)
-    resources: Resources = Field(default_factory=Resources)
-    images: ImagesConfig = Field(default_factory=ImagesConfig)
-    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
-    storage: StorageConfig = Field(default_factory=StorageConfig)
-    kubernetes: KubernetesConfig = Field(default_factory=KubernetesConfig)
+class _RunConfig(Section):
+    """A whole run profile: one section per stage (``RunConfig`` adds them, from the declarations)
+    and the shared ones."""
 
     @model_validator(mode="after")
-    def _cross_checks(self) -> RunConfig:
+    def _cross_checks(self) -> _RunConfig:
         for i, secret in enumerate(self.kubernetes.secrets):
             unknown = set(secret.stages) - set(STAGES)
             if unknown:
@@ -102,7 +75,25 @@ class RunConfig(Section):
             raise ValueError(f"images.overrides: unknown stage(s) {sorted(unknown)}")
         if self.retrain.enabled:
             self._check_retrain()
+        if self.baselines.models and self.baselines.top_k < self.evaluate.beam_width:
+            raise ValueError(f"baselines.top_k {self.baselines.top_k} is below evaluate.beam_width "
+                             f"{self.evaluate.beam_width}: the baselines' lists must be as long as the model's")
+        self._check_wiring()
         return self
+
+    def _check_wiring(self) -> None:
+        """Every input this run wires comes from an earlier stage this run has."""
+        stages = self.dag_stages()
+        for position, name in enumerate(stages):
+            for input_name, spec in self.wired_inputs(name).items():
+                producer, output = spec.source.split(".", 1)
+                if producer not in stages[:position]:
+                    raise ValueError(f"{name}: its input {input_name!r} comes from {spec.source}, but stage "
+                                     f"{producer} does not run before it in this run (check the settings "
+                                     "enabling it)")
+                if output not in DECLARATIONS[producer].outputs:
+                    raise ValueError(f"{name}: its input {input_name!r} names {spec.source}, which {producer} "
+                                     f"does not output (outputs: {list(DECLARATIONS[producer].outputs)})")
 
     def _check_retrain(self) -> None:
         retrain, evaluate = self.retrain, self.evaluate
@@ -124,18 +115,24 @@ class RunConfig(Section):
             raise ValueError(f"retrain.split {retrain.split!r} is not reported (evaluate reports {splits})")
 
     def dag_stages(self) -> tuple[str, ...]:
-        """The stages of this config's DAG, in order (retraining adds previous_model and promote)."""
-        return tuple(s for s in STAGES if self.retrain.enabled or s not in RETRAIN_STAGES)
+        """The stages of this config's DAG, in order (e.g. retraining adds previous_model and promote)."""
+        return tuple(name for name, stage in DECLARATIONS.items() if stage.enabled(self))
+
+    def wired_inputs(self, stage: str) -> dict[str, Input]:
+        """The inputs of ``stage`` this run wires (its optional ones only when their ``when`` holds)."""
+        return {name: spec for name, spec in DECLARATIONS[stage].inputs.items()
+                if spec.when is None or spec.when(self)}
 
     def section(self, stage: str) -> Section:
-        return getattr(self, SECTIONS.get(stage, stage))
+        return getattr(self, DECLARATIONS[stage].config_key)
 
     def check_hardware(self, gpus: dict[str, int]) -> None:
         """Refuse settings the given GPUs per stage cannot run (bf16 or several processes
         without a GPU, a CUDA-only evaluation engine on a CPU) before any stage starts."""
-        for stage in TRAINING_STAGES:
-            settings: TrainerSettings = self.section(stage)
-            check_hardware(settings, stage, gpus[stage])
+        for stage in STAGES:
+            settings = self.section(stage)
+            if isinstance(settings, TrainerSettings):
+                check_hardware(settings, stage, gpus[stage])
         if gpus["evaluate"] == 0 and (self.evaluate.device == "cuda" or self.evaluate.engine == "vllm"):
             raise ConfigError("evaluate.device/engine: CUDA decoding was requested but the evaluate step "
                               "has no GPU; use device auto/cpu and engine transformers")
@@ -172,6 +169,18 @@ class RunConfig(Section):
                 problems.append(f"teacher_corpus.teacher.api_key_env {teacher.api_key_env} is not set from any "
                                 "kubernetes.secrets entry for the teacher_corpus stage")
         return problems
+
+
+RunConfig = create_model(
+    "RunConfig", __base__=_RunConfig, __doc__=_RunConfig.__doc__,
+    run=(RunSection, Field(default_factory=RunSection, description="identity and seed of the run")),
+    **{stage.config_key: _section_field(stage.config, stage.description) for stage in DECLARATIONS.values()},
+    resources=(Resources, Field(default_factory=Resources, description=Resources.__doc__)),
+    images=(ImagesConfig, Field(default_factory=ImagesConfig, description=ImagesConfig.__doc__)),
+    tracking=(TrackingConfig, Field(default_factory=TrackingConfig, description=TrackingConfig.__doc__)),
+    storage=(StorageConfig, Field(default_factory=StorageConfig, description=StorageConfig.__doc__)),
+    kubernetes=(KubernetesConfig, Field(default_factory=KubernetesConfig, description=KubernetesConfig.__doc__)),
+)
 
 
 def resolve_profile(config: str) -> Path:

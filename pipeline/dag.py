@@ -1,37 +1,26 @@
-"""The one kfp v2 pipeline: stages wired through artifacts, settings taken from the run config.
+"""The one kfp v2 pipeline, derived from the stage declarations and the run config.
 
-``build_pipeline`` returns the ``@dsl.pipeline`` function for a validated config. The same
-function is compiled to IR for Kubeflow (``for_cluster=True``: resources, retries, caching and
-Kubernetes platform settings on every task) and run by ``kfp.local`` (``for_cluster=False``:
+``build_pipeline`` returns the ``@dsl.pipeline`` function for a validated config: one task per
+stage the config enables (``Stage.enabled``), in declaration order, each input wired from the
+``<stage>.<output>`` its declaration names (optional inputs only when their ``when`` holds). The
+same function is compiled to IR for Kubeflow (``for_cluster=True``: resources, retries, caching
+and Kubernetes platform settings on every task) and run by ``kfp.local`` (``for_cluster=False``:
 those settings have no local meaning and the local runner would only warn about them).
 
 Every stage output is also a pipeline output named ``<stage>_<output>`` so a local run can
 report all artifact URIs (``run.json``) and the IR documents them.
 """
 
-
-import importlib
-from typing import Any, NamedTuple
+import linecache
+from typing import Any, NamedTuple, Optional
 
 from kfp import dsl, kubernetes
-from kfp.dsl import HTML, Artifact, Dataset, Model
 
-from components.common.stage import StageContext
-from pipeline.config import STAGES, RunConfig
+from components.common.stage import Stage, StageContext
+from pipeline.config import DECLARATIONS, RunConfig
 
-#: Stage -> its outputs and their artifact types, in DAG order.
-STAGE_OUTPUTS: dict[str, dict[str, type]] = {
-    "previous_model": {"previous": Artifact},
-    "ingest": {"items": Dataset, "samples": Dataset, "stats": Artifact},
-    "sid_quantize": {"embeddings": Dataset, "sid_map": Dataset, "codebooks": Model, "stats": Artifact},
-    "teacher_corpus": {"corpus": Dataset, "reasoning": Dataset, "stats": Artifact},
-    "align_sft": {"model": Model, "stats": Artifact},
-    "reason_sft": {"model": Model, "stats": Artifact},
-    "grpo": {"model": Model, "stats": Artifact},
-    "evaluate": {"metrics": Dataset, "predictions": Dataset, "report": HTML, "stats": Artifact},
-    "promote": {"decision": Artifact},
-}
-assert tuple(STAGE_OUTPUTS) == STAGES
+#: kfp artifact class of each ``ArtifactKind.kfp_type``.
+KFP_TYPES: dict[str, type] = {"Dataset": dsl.Dataset, "Model": dsl.Model, "Artifact": dsl.Artifact, "HTML": dsl.HTML}
 
 #: Environment of every task (see STACK.md: litellm's network fetch deadlocks offline imports).
 TASK_ENV = {
@@ -45,11 +34,44 @@ def output_name(stage: str, output: str) -> str:
     return f"{stage}_{output}"
 
 
+def component_source(stage: Stage) -> str:
+    """Source of the stage's kfp component function: typed artifacts from the declaration, and a
+    body handing them to ``STAGE.from_kfp`` inside the stage's image."""
+    required = [n for n, spec in stage.inputs.items() if not spec.optional]
+    optional = [n for n, spec in stage.inputs.items() if spec.optional]
+    params = ["config: str", "context: str", "run_key: str", "pipeline_job_id: str",
+              *(f"{n}: Input[{stage.inputs[n].kind.kfp_type}]" for n in required),
+              *(f"{n}: Output[{kind.kfp_type}]" for n, kind in stage.outputs.items()),
+              *(f"{n}: Optional[Input[{stage.inputs[n].kind.kfp_type}]] = None" for n in optional)]
+    passed = ", ".join(f"{n}={n}" for n in [*required, *stage.outputs, *optional])
+    description = stage.description.replace('"""', "'''")
+    return (f"def {stage.name}({', '.join(params)}):\n"
+            f'    """{description}"""\n'
+            f"    from components.{stage.name} import STAGE\n\n"
+            f"    STAGE.from_kfp(config, context, run_key or pipeline_job_id, {passed})\n")
+
+
+def build_component(stage: Stage, image: str):
+    """The stage's kfp component, running in ``image``.
+
+    kfp turns a Python function into a component by reading its source (``inspect.getsource``)
+    and its annotations. The function is generated from the declaration, so its source is
+    registered with ``linecache`` under a pseudo file name, where ``inspect`` finds it: no
+    per-stage component file repeats what the declaration says."""
+    source = component_source(stage)
+    filename = f"<sidreasoner component {stage.name}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    namespace: dict[str, Any] = {"Input": dsl.Input, "Output": dsl.Output, "Optional": Optional, **KFP_TYPES}
+    exec(compile(source, filename, "exec", dont_inherit=True), namespace)  # noqa: S102 (our own source)
+    return dsl.component(namespace[stage.name], base_image=image, install_kfp_package=False)
+
+
 def pipeline_outputs(stages: tuple[str, ...]) -> type:
     """The pipeline's return type: every output of every stage in the DAG."""
     return NamedTuple(  # type: ignore[misc]
         "PipelineOutputs",
-        [(output_name(stage, name), kind) for stage in stages for name, kind in STAGE_OUTPUTS[stage].items()],
+        [(output_name(stage, name), KFP_TYPES[kind.kfp_type])
+         for stage in stages for name, kind in DECLARATIONS[stage].outputs.items()],
     )
 
 
@@ -91,13 +113,8 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
     """The pipeline function for ``cfg``; ``ctx`` is the static part of every stage's context."""
     context = ctx.model_dump_json()
     stages = cfg.dag_stages()
-    ops = {stage: importlib.import_module(f"components.{stage}.component").build(cfg.images.for_stage(stage))
-           for stage in stages}
+    ops = {stage: build_component(DECLARATIONS[stage], cfg.images.for_stage(stage)) for stage in stages}
     PipelineOutputs = pipeline_outputs(stages)
-    retrain = cfg.retrain
-
-    def section(stage: str) -> str:
-        return cfg.section(stage).model_dump_json()
 
     @dsl.pipeline(
         name=cfg.run.name,
@@ -106,45 +123,19 @@ def build_pipeline(cfg: RunConfig, ctx: StageContext, *, for_cluster: bool):
         pipeline_root=cfg.storage.pipeline_root if for_cluster else None,
     )
     def sidreasoner(run_key: str = "") -> PipelineOutputs:
-        common = {"context": context, "run_key": run_key, "pipeline_job_id": dsl.PIPELINE_JOB_ID_PLACEHOLDER}
-
-        def step(stage: str, **inputs: Any):
-            task = ops[stage](config=section(stage), **inputs, **common)
+        tasks: dict[str, Any] = {}
+        for stage in stages:
+            inputs = {}
+            for name, spec in cfg.wired_inputs(stage).items():
+                producer, output = spec.source.split(".", 1)
+                inputs[name] = tasks[producer].outputs[output]  # present: RunConfig checked the wiring
+            task = ops[stage](config=cfg.section(stage).model_dump_json(), context=context, run_key=run_key,
+                              pipeline_job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, **inputs)
             _configure_task(task, stage, cfg, for_cluster)
-            return task
-
-        tasks = {}
-        # Scheduled retraining: continue from the production model that MLflow's registry names.
-        previous = {}
-        if retrain.enabled:
-            tasks["previous_model"] = step("previous_model")
-            previous = {"previous": tasks["previous_model"].outputs["previous"]}
-        # Keeping the production SIDs (sid_quantize) and scoring production on this run's rows
-        # (evaluate) both need retrain.incremental_sids.
-        previous_sids = previous if retrain.incremental_sids else {}
-        ingest = tasks["ingest"] = step("ingest")
-        items, samples = ingest.outputs["items"], ingest.outputs["samples"]
-        sid = tasks["sid_quantize"] = step("sid_quantize", items=items, **previous_sids)
-        sid_map = sid.outputs["sid_map"]
-        corpus = tasks["teacher_corpus"] = step("teacher_corpus", items=items, samples=samples, sid_map=sid_map)
-        reasoning = corpus.outputs["reasoning"]
-        align = tasks["align_sft"] = step("align_sft", items=items, samples=samples, sid_map=sid_map,
-                                          corpus=corpus.outputs["corpus"],
-                                          **(previous if retrain.warm_start else {}))
-        reason = tasks["reason_sft"] = step("reason_sft", sft_model=align.outputs["model"], reasoning=reasoning,
-                                            sid_map=sid_map)
-        grpo = tasks["grpo"] = step("grpo", reasoning_model=reason.outputs["model"], reasoning=reasoning,
-                                    sid_map=sid_map)
-        # The production model is scored on this run's rows (it speaks this run's SIDs).
-        evaluate = tasks["evaluate"] = step("evaluate", model=grpo.outputs["model"], sid_map=sid_map, items=items,
-                                            samples=samples, **previous_sids)
-        if retrain.enabled:
-            tasks["promote"] = step("promote", metrics=evaluate.outputs["metrics"], model=grpo.outputs["model"],
-                                    model_stats=grpo.outputs["stats"], sid_map=sid_map,
-                                    codebooks=sid.outputs["codebooks"], **previous)
+            tasks[stage] = task
         return PipelineOutputs(**{
             output_name(stage, name): tasks[stage].outputs[name]
-            for stage in stages for name in STAGE_OUTPUTS[stage]
+            for stage in stages for name in DECLARATIONS[stage].outputs
         })
 
     return sidreasoner

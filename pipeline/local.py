@@ -26,8 +26,8 @@ import yaml
 from components.common import lineage, storage
 from components.common.config import config_hash
 from components.common.stage import StageContext, git_commit
-from pipeline.config import RunConfig
-from pipeline.dag import STAGE_OUTPUTS, build_pipeline, output_name
+from pipeline.config import DECLARATIONS, RunConfig
+from pipeline.dag import build_pipeline, output_name
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
         raise
     stages = cfg.dag_stages()
     for stage in stages:
-        outs = STAGE_OUTPUTS[stage]
+        outs = DECLARATIONS[stage].outputs
         record["stages"][stage] = {
             name: {"uri": result.outputs[output_name(stage, name)].uri,
                    "metadata": dict(result.outputs[output_name(stage, name)].metadata)}

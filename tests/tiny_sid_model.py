@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from components.common import modeling, sid
+from components.common.training import backbone
 
 TEXTS = ["Blue gel pen, fine point, 12-pack", "Copy paper, letter size, recycled",
          "Ring binder with clear view cover", "Desk organizer in bamboo"] * 10
@@ -18,17 +19,17 @@ def build_sid_model(out: Path, codebook_sizes: Sequence[int], seed: int = 0) -> 
     """Save a tiny Qwen3 with every SID token of ``codebook_sizes`` added (``save_pretrained``
     folder with ``sid_vocab.json``). The SID embeddings are re-drawn at random: mean-resizing
     makes all new tokens nearly equiprobable, which would leave nothing to rank."""
-    base = modeling.build_tiny_backbone(Path(out).with_name(Path(out).name + "-base"), TEXTS,
+    base = backbone.build_tiny_backbone(Path(out).with_name(Path(out).name + "-base"), TEXTS,
                                         vocab_size=300, seed=seed)
     model, tok = modeling.load_causal_lm(base)
     tokens = sid.vocabulary(codebook_sizes)
-    modeling.add_sid_tokens(model, tok, tokens)
+    backbone.add_sid_tokens(model, tok, tokens)
     ids = tok.convert_tokens_to_ids(tokens)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         emb = model.get_input_embeddings().weight
         emb[ids] = torch.randn(len(ids), emb.shape[1], generator=generator) * 0.5
-    modeling.save_backbone(model, tok, out)
+    backbone.save_backbone(model, tok, out, tokens)
     return Path(out)
 
 

@@ -5,50 +5,15 @@ decay, global batch 1024, up to 10 epochs with evaluation every epoch, early sto
 patience 3 on the valid-split loss and the best checkpoint kept, bf16, cutoff 1024 tokens
 (keeping the last ones), labels on the answer only (the end-of-turn token not supervised).
 
-:class:`SFTSettings` is shared with reasoning activation (``components.reason_sft``), which
-sets its own defaults.
+The SFT settings are the training library's (:class:`components.common.training.settings.SFTSettings`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, model_validator
 
 from components.common.config import Section
-from components.common.training import TrainerSettings
-
-
-class SFTSettings(TrainerSettings):
-    """Supervised fine-tuning settings shared by alignment and reasoning activation."""
-
-    global_batch_size: int = Field(1024, ge=1)
-    """Sequences per optimizer step over all processes (per_device_batch_size x processes x
-    gradient accumulation)."""
-    max_length: int = Field(1024, ge=8)
-    """Cutoff in tokens; longer sequences keep their last max_length tokens."""
-    eval_strategy: Literal["epoch", "steps", "no"] = "epoch"
-    """When the validation loss is computed (and an evaluation-time checkpoint saved)."""
-    eval_steps: int | None = Field(None, ge=1)
-    """Evaluation period in steps (eval_strategy=steps)."""
-    early_stopping_patience: int | None = Field(3, ge=1)
-    """Stop after this many evaluations without a better validation loss; the best checkpoint
-    is restored at the end. Null: train to the end, keep the last weights."""
-    supervise_end_token: bool = False
-    """Include the end-of-turn token in the loss of chat rows."""
-
-    @model_validator(mode="after")
-    def _eval(self) -> SFTSettings:
-        if self.eval_strategy == "steps" and self.eval_steps is None:
-            raise ValueError("eval_steps: required when eval_strategy is 'steps'")
-        if self.eval_strategy != "steps" and self.eval_steps is not None:
-            raise ValueError(f"eval_steps: only used with eval_strategy 'steps' (got {self.eval_strategy!r})")
-        if self.early_stopping_patience is not None and self.eval_strategy == "no":
-            raise ValueError("early_stopping_patience: needs evaluations (eval_strategy is 'no'); set it to null")
-        if self.global_batch_size % self.per_device_batch_size:
-            raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
-                             f"per_device_batch_size ({self.per_device_batch_size})")
-        return self
+from components.common.training.settings import SFTSettings
 
 
 class TinyBackboneConfig(Section):

@@ -44,6 +44,7 @@ import numpy as np
 import torch
 
 from components.common import sid as sid_codec
+from components.common.errors import InputError
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ class UnknownPrefixError(ValueError):
         self.row = row
 
 
-class MissingSidTokensError(ValueError):
+class MissingSidTokensError(InputError):
     """The tokenizer/checkpoint does not know some SID tokens of the catalog."""
 
 
@@ -131,7 +132,7 @@ class SidTrie:
         """The trie of ``sids`` (SID strings) under ``tokenizer``'s vocabulary.
 
         Each SID token must be one token of the vocabulary (added as a normal token by
-        :func:`components.common.modeling.add_sid_tokens`); otherwise
+        :func:`components.common.training.backbone.add_sid_tokens`); otherwise
         :class:`MissingSidTokensError` lists the missing ones. SIDs must be distinct and of
         one length.
         """

@@ -1,21 +1,32 @@
-"""The small protocol every stage implements, and its two entry points.
+"""The small protocol every stage implements: one declaration, one ``run`` function, two entry points.
 
-A stage is declared once in ``components/<stage>/stage.py`` as a :class:`Stage`: its name, its
-config section class, its named inputs and outputs, and a ``run`` function::
+A stage is declared once, in its package's ``__init__.py``, as a :class:`Stage`::
+
+    STAGE = Stage(
+        name="reason_sft", config=ReasonSFTConfig, run="components.reason_sft.stage:run",
+        description="...", image="cuda", resources=ResourceSpec(...),
+        inputs={"sft_model": Input(artifacts.MODEL, "align_sft.model", "the aligned model"), ...},
+        outputs={"model": artifacts.MODEL, "stats": artifacts.STATS},
+    )
+
+and its ``run`` (in ``stage.py``, the stage's recipe, read top to bottom)::
 
     def run(cfg, ctx, inputs, outputs, tracker) -> dict[str, dict]:
         # read inputs[...] URIs, write outputs[...] URIs atomically (components.common.storage),
         # log metrics through ``tracker``; return per-output metadata (digest, rows, ...)
 
-The same declaration serves:
+Everything else is derived from the declaration: the kfp component and the DAG's edges
+(``pipeline/dag.py``: an input names the ``<stage>.<output>`` it comes from, and ``when`` wires
+optional ones), the run profile's section and the stage's Kubernetes resources
+(``pipeline/config.py``), its image (``pipeline/images.py``), and the CLI (:meth:`Stage.main`,
+``python -m components.<stage>``). The ``run`` function is named, not imported, so reading a
+declaration (to validate a profile or compile the DAG) costs no training library import.
 
-* the container / kfp component (:meth:`Stage.from_kfp`), which maps kfp artifacts' ``.path``
-  to URIs, and
-* the CLI, ``python -m components.<stage> --config PROFILE --out DIR --<input> URI`` — what you
-  run to debug one stage by hand (:meth:`Stage.main`).
-
-Either way :meth:`Stage.execute` opens the stage's MLflow run, logs the config section as
-params and every input and output with its content digest, then calls ``run``.
+Either entry point goes through :meth:`Stage.execute`: every input is checked against its
+artifact contract and all inputs must share one SID space (:mod:`components.common.artifacts`)
+before anything else happens; then the stage's MLflow run opens, the config section is logged as
+params and every input and output with its content digest (each computed once), and ``run`` is
+called.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import importlib
 import json
 import logging
 import os
@@ -31,13 +43,15 @@ import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
-from components.common import lineage, storage
+from components.common import artifacts, lineage, storage
+from components.common.artifacts import ArtifactKind
 from components.common.config import (
     ConfigError,
+    ResourceSpec,
     RunSection,
     Section,
     StorageConfig,
@@ -48,6 +62,7 @@ from components.common.config import (
     parse_section,
     parse_section_json,
 )
+from components.common.errors import ExpectedError
 from components.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -88,6 +103,8 @@ class StageContext(Section):
     """Durable URI of each of this stage's artifacts when it differs from the local path the stage
     reads or writes (on a cluster kfp hands ``/gcs/...`` paths for ``gs://`` artifacts); lineage
     and the model registry record these."""
+    input_digests: dict[str, str] = Field(default_factory=dict)
+    """Content digest of each input, computed once by :meth:`Stage.execute`."""
 
     def uri_of(self, name: str, path: str) -> str:
         return self.artifact_uris.get(name, path)
@@ -120,43 +137,83 @@ RunFn = Callable[[Any, StageContext, Mapping[str, str], Mapping[str, str], linea
 
 
 @dataclass(frozen=True)
+class Input:
+    """One input of a stage: its artifact kind and the stage output the DAG takes it from."""
+
+    kind: ArtifactKind
+    source: str
+    """``<stage>.<output>`` that produces it in the pipeline."""
+    help: str = ""
+    when: Callable[[Any], bool] | None = None
+    """Optional inputs: wired only in runs whose config (the root RunConfig) makes this true
+    (e.g. ``previous`` in scheduled retraining); None: always wired, required on the CLI."""
+
+    @property
+    def optional(self) -> bool:
+        return self.when is not None
+
+
+def _always(_cfg: Any) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
 class Stage:
     """Declaration of one pipeline stage (see the module docstring)."""
 
     name: str
-    """The stage's name (its MLflow run, image, resources key)."""
+    """The stage's name (its MLflow run, image, resources key, CLI module)."""
     config: type[Section]
-    run: RunFn
+    run: str
+    """``module:function`` of the stage's :data:`RunFn`."""
     description: str
-    inputs: dict[str, str] = field(default_factory=dict)
-    """Input name -> help text."""
-    outputs: dict[str, str] = field(default_factory=dict)
-    """Output name -> file or folder name used by the CLI under ``--out``."""
-    optional_inputs: dict[str, str] = field(default_factory=dict)
-    """Inputs the pipeline wires only in some runs (e.g. ``previous`` in scheduled retraining)."""
+    inputs: dict[str, Input] = field(default_factory=dict)
+    outputs: dict[str, ArtifactKind] = field(default_factory=dict)
     section: str = ""
     """Key of the stage's section in a run profile, when not its name (stages sharing one)."""
+    image: Literal["cpu", "cuda"] = "cpu"
+    """The image flavour: ``cuda`` for stages that run on GPUs (torch's CUDA build, vLLM)."""
+    resources: ResourceSpec = field(default_factory=ResourceSpec)
+    """Default Kubernetes resources (``resources.<stage>`` in a profile overrides them)."""
+    enabled: Callable[[Any], bool] = _always
+    """Whether a run's DAG has this stage (given the root RunConfig)."""
 
     @property
     def config_key(self) -> str:
         return self.section or self.name
 
+    def run_function(self) -> RunFn:
+        module, _, function = self.run.partition(":")
+        return getattr(importlib.import_module(module), function)
+
     # -- the one execution path ----------------------------------------------------------------
+
+    def check_inputs(self, inputs: Mapping[str, str]) -> None:
+        """Before any work: each input keeps its artifact contract, and every SID space recorded
+        by the inputs is the same one."""
+        for name, uri in inputs.items():
+            self.inputs[name].kind.check(uri, name)
+        artifacts.check_same_sid_space({
+            name: (uri, artifacts.sid_space_of(self.inputs[name].kind.name, uri)) for name, uri in inputs.items()})
 
     def execute(self, cfg: Section, ctx: StageContext, inputs: Mapping[str, str],
                 outputs: Mapping[str, str]) -> dict[str, dict[str, Any]]:
         """Run the stage inside its MLflow run; returns per-output metadata."""
-        missing = [n for n in self.inputs if n not in inputs] + [n for n in self.outputs if n not in outputs]
-        unknown = set(inputs) - set(self.inputs) - set(self.optional_inputs)
+        required = [n for n, spec in self.inputs.items() if not spec.optional]
+        missing = [n for n in required if n not in inputs] + [n for n in self.outputs if n not in outputs]
+        unknown = set(inputs) - set(self.inputs)
         if missing or unknown:
             raise ValueError(f"{self.name}: missing artifact(s) {missing}, unknown input(s) {sorted(unknown)}")
+        self.check_inputs(inputs)
+        ctx = ctx.model_copy(update={"input_digests": {name: storage.digest(uri) for name, uri in inputs.items()}})
+        run = self.run_function()
         with ctx.tracked(self.name) as tracker:
             tracker.log_params(cfg.model_dump(mode="json"))
             tracker.set_tags({"sidreasoner.seed": str(ctx.seed)})
             for name, path in inputs.items():
-                tracker.log_dataset(name, ctx.uri_of(name, path), storage.digest(path), context="input")
+                tracker.log_dataset(name, ctx.uri_of(name, path), ctx.input_digests[name], context="input")
             log.info("%s: starting (run %s)", self.name, ctx.run_key)
-            metadata = self.run(cfg, ctx, inputs, outputs, tracker)
+            metadata = run(cfg, ctx, inputs, outputs, tracker)
             for name, path in outputs.items():
                 meta = metadata.setdefault(name, {})
                 meta.setdefault("digest", storage.digest(path))
@@ -167,19 +224,19 @@ class Stage:
 
     # -- kfp entry point -----------------------------------------------------------------------
 
-    def from_kfp(self, config: str, context: str, run_key: str, **artifacts: Any) -> None:
+    def from_kfp(self, config: str, context: str, run_key: str, **artifacts_: Any) -> None:
         """Entry point of the stage's kfp component: artifacts are kfp Input/Output objects."""
         setup_logging()
         cfg = parse_section_json(self.config, config, self.config_key)
         ctx = StageContext.model_validate_json(context)
         ctx.run_key = run_key
-        present = {n: a for n, a in artifacts.items() if a is not None}
-        inputs = {n: present[n].path for n in [*self.inputs, *self.optional_inputs] if n in present}
+        present = {n: a for n, a in artifacts_.items() if a is not None}
+        inputs = {n: present[n].path for n in self.inputs if n in present}
         outputs = {n: present[n].path for n in self.outputs}
         ctx.artifact_uris = {n: a.uri for n, a in present.items() if a.uri and a.uri != a.path}
         metadata = self.execute(cfg, ctx, inputs, outputs)
         for name, meta in metadata.items():
-            artifacts[name].metadata.update(meta)
+            artifacts_[name].metadata.update(meta)
 
     # -- CLI entry point -----------------------------------------------------------------------
 
@@ -195,14 +252,13 @@ class Stage:
                             help=f"override a profile value, e.g. {self.config_key}.<field>=value (repeatable)")
         parser.add_argument("--out", default=f"build/stages/{self.name}",
                             help="folder (local or gs://) for the outputs: "
-                                 + ", ".join(f"{n} -> {f}" for n, f in self.outputs.items()))
+                                 + ", ".join(f"{n} -> {kind.file}" for n, kind in self.outputs.items()))
         parser.add_argument("--tracking-uri", help="MLflow tracking URI (default: the profile's, "
                             "else MLFLOW_TRACKING_URI, else sqlite in --out)")
-        for name, help_text in self.inputs.items():
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=True, metavar="URI",
-                                help=help_text)
-        for name, help_text in self.optional_inputs.items():
-            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, metavar="URI", help=f"(optional) {help_text}")
+        parser.add_argument("--debug", action="store_true", help="show the traceback of an expected failure")
+        for name, spec in self.inputs.items():
+            parser.add_argument(f"--{name.replace('_', '-')}", dest=name, required=not spec.optional, metavar="URI",
+                                help=("(optional) " if spec.optional else "") + f"{spec.kind.name} artifact: {spec.help}")
         args = parser.parse_args(argv)
         setup_logging()
         try:
@@ -210,11 +266,14 @@ class Stage:
             cfg = parse_section(self.config, profile.get(self.config_key, {}), self.config_key)
             ctx = cli_context(profile, Path(args.config).stem, self.name, args.out, args.tracking_uri,
                               config_hash(cfg))
-        except ConfigError as exc:
-            parser.exit(2, f"error: {exc}\n")
-        outputs = {n: storage.join(args.out, f) for n, f in self.outputs.items()}
-        inputs = {n: getattr(args, n) for n in [*self.inputs, *self.optional_inputs] if getattr(args, n)}
-        metadata = self.execute(cfg, ctx, inputs, outputs)
+            outputs = {n: storage.join(args.out, kind.file) for n, kind in self.outputs.items()}
+            inputs = {n: getattr(args, n) for n in self.inputs if getattr(args, n)}
+            metadata = self.execute(cfg, ctx, inputs, outputs)
+        except ExpectedError as exc:
+            if args.debug:
+                raise
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         print(json.dumps({"outputs": outputs, "metadata": metadata}, indent=2, default=str))
         return 0
 

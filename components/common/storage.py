@@ -173,6 +173,14 @@ def exists(uri: str | os.PathLike) -> bool:
     return Path(uri).exists()
 
 
+def is_dir(uri: str | os.PathLike) -> bool:
+    """True for a folder artifact (on GCS: a complete one, its manifest present)."""
+    uri = str(uri)
+    if is_gcs(uri):
+        return _gcs_exists(join(uri, MANIFEST))
+    return Path(uri).is_dir()
+
+
 def list_files(uri: str | os.PathLike) -> list[str]:
     """Relative paths of all files under a folder (local or GCS prefix), sorted."""
     uri = str(uri)
@@ -428,6 +436,15 @@ def read_parquet(uri: str | os.PathLike, columns: list[str] | None = None) -> pa
     with local_copy(uri) as path:
         try:
             return pq.read_table(path, columns=columns)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise StorageError(f"{uri}: not a readable Parquet file: {exc}") from exc
+
+
+def read_parquet_schema(uri: str | os.PathLike) -> pa.Schema:
+    """The schema (with its metadata) of a Parquet artifact, without reading its rows."""
+    with local_copy(uri) as path:
+        try:
+            return pq.read_schema(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise StorageError(f"{uri}: not a readable Parquet file: {exc}") from exc
 

@@ -1,8 +1,8 @@
-"""Config section ``evaluate``: decoding modes, beam width and K, engine and sharding, baselines.
+"""Config section ``evaluate``: decoding modes, beam width and K, engine and sharding.
 
 Defaults are the paper's evaluation (RECIPE.md section 6): full-catalog trie-constrained beam
 search with 10 beams, HR/NDCG at K in {1, 3, 5, 10}, greedy reasoning of at most 1,024 tokens in
-thinking mode, and SASRec with hidden size 32, dropout 0.3, BCE with one negative, Adam 1e-3.
+thinking mode. The baselines beside the model are the ``baselines`` stage's.
 """
 
 from __future__ import annotations
@@ -15,47 +15,13 @@ from components.common.config import Section
 from components.common.registry import PRODUCTION_MODEL
 
 Mode = Literal["direct", "thinking"]
-Baseline = Literal["popularity", "sasrec"]
-RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", PRODUCTION_MODEL})
+#: Names the metrics give to other models: the baselines' and production's.
+RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", "sasrec_ce", PRODUCTION_MODEL})
 
 #: K always reported, and the larger K reported when the beam is wide enough.
 BASE_KS = (1, 3, 5, 10)
 WIDE_KS = (20, 50)
 MAX_BEAM_WIDTH = 50
-
-
-class SasrecConfig(Section):
-    """The SASRec baseline (a compact self-attentive sequential recommender), trained on the
-    train split only."""
-
-    hidden_size: int = Field(32, ge=1)
-    """Embedding and hidden size (paper: 32)."""
-    num_layers: int = Field(2, ge=1)
-    """Self-attention blocks."""
-    num_heads: int = Field(1, ge=1)
-    """Attention heads (must divide hidden_size)."""
-    dropout: float = Field(0.3, ge=0.0, lt=1.0)
-    """Dropout rate (paper: 0.3)."""
-    max_len: int = Field(10, ge=1)
-    """Longest input sequence (the preprocessing's max history, 10 in the recipe)."""
-    learning_rate: float = Field(1e-3, gt=0)
-    """Adam learning rate (paper: 1e-3)."""
-    batch_size: int = Field(128, ge=1)
-    """Training sequences per step."""
-    epochs: int = Field(200, ge=1)
-    """Most training epochs."""
-    patience: int = Field(20, ge=0)
-    """Stop after this many epochs without a better valid-split NDCG@10 (0: never; the best
-    epoch's weights are kept). Without valid rows every epoch runs. When ``evaluate.splits``
-    includes valid, SASRec's valid-split metrics are therefore optimistic."""
-    max_valid_rows: int = Field(2000, ge=1)
-    """Valid-split rows scored after each epoch for early stopping."""
-
-    @model_validator(mode="after")
-    def _heads(self) -> SasrecConfig:
-        if self.hidden_size % self.num_heads:
-            raise ValueError(f"num_heads {self.num_heads} must divide hidden_size {self.hidden_size}")
-        return self
 
 
 class VllmSettings(Section):
@@ -111,13 +77,10 @@ class EvaluateConfig(Section):
     """Data-parallel shards: the rows are split into this many contiguous parts, each decoded
     by its own process on its own GPU (cuda:i), then merged in order. 1 on CPU."""
     vllm: VllmSettings = Field(default_factory=VllmSettings)
-    baselines: list[Baseline] = Field(default_factory=lambda: ["popularity", "sasrec"])
-    """Baselines scored on the same rows."""
-    sasrec: SasrecConfig = Field(default_factory=SasrecConfig)
     report_users: int = Field(6, ge=0)
     """Sample users shown in the HTML report."""
 
-    @field_validator("modes", "splits", "baselines")
+    @field_validator("modes", "splits")
     @classmethod
     def _distinct(cls, value: list) -> list:
         if len(set(value)) != len(value):

@@ -1,28 +1,28 @@
-"""Evaluate stage: model + sid_map + items + samples -> metrics, predictions, report, stats.
+"""Evaluate stage: model + sid_map + items + samples (+ the baselines' rankings) -> metrics,
+predictions, report, stats.
 
-Artifacts:
+Artifacts (contracts in :mod:`components.common.artifacts`):
 
-* metrics (Parquet): model, mode, split, k, hr, ndcg, valid_rate, n, latency_ms. One row per
-  (model, mode, split, K); models are the one under test (``evaluate.model_name``), ``sasrec``
-  and ``popularity`` (mode ``direct``), and in a scheduled retraining run ``production`` (the
-  production model, decoded like the model under test); split ``all`` joins several evaluated
-  splits.
-* predictions (Parquet): per model, mode and evaluated row: row, split, user_id, history,
-  target, ranked_items, ranked_sids, ranked_titles, scores, rank (0-based, null on a miss),
-  reasoning and reasoning_closed (thinking mode), latency_s.
+* metrics: one row per (model, mode, split, K); models are the one under test
+  (``evaluate.model_name``), the baselines (mode ``direct``, from the ``baselines`` stage's
+  rankings of the same rows), and in a scheduled retraining run ``production`` (the production
+  model, decoded like the model under test); split ``all`` joins several evaluated splits.
+* predictions: per model, mode and evaluated row: row, split, user_id, history, target,
+  ranked_items, ranked_sids, ranked_titles, scores, rank (0-based, null on a miss), reasoning and
+  reasoning_closed (thinking mode), latency_s.
 * report (HTML): self-contained; also logged to MLflow.
 * stats (JSON): sizes, decoding statistics (latency percentiles, valid-SID rate, think-block
-  closure, reasoning length), baseline training info, output digests.
+  closure, reasoning length), output digests.
 
 Every input problem (missing columns, collided SIDs, an empty split, a checkpoint lacking SID
-tokens, a beam narrower than the largest K) is an error before any decoding starts.
+tokens, a beam narrower than the largest K, rankings of other rows) is an error before any
+decoding starts.
 """
 
 from __future__ import annotations
 
 import logging
 import tempfile
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -31,35 +31,22 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from components.common import artifacts, storage
 from components.common import sid as sid_codec
-from components.common import storage
+from components.common.artifacts import METRICS_SCHEMA, PREDICTIONS_SCHEMA, Catalog
 from components.common.constrained import SidTrie, missing_tokens
+from components.common.errors import InputError
 from components.common.lineage import StageRun
 from components.common.modeling import local_model_dir
 from components.common.registry import PRODUCTION_MODEL, continued_from
-from components.common.stage import Stage, StageContext
-from components.evaluate.baselines import Ranking, SasrecBaseline, popularity
+from components.common.stage import StageContext
 from components.evaluate.config import EvaluateConfig
-from components.evaluate.data import Catalog, EvaluationInputError, load_catalog, load_samples, select_rows
+from components.evaluate.data import samples_frame, select_rows
 from components.evaluate.decoding import Decoded, decode_all
 from components.evaluate.metrics import metric_rows, target_rank
 from components.evaluate.report import format_metrics_table, render_report
 
 log = logging.getLogger(__name__)
-
-METRICS_SCHEMA = pa.schema([
-    ("model", pa.string()), ("mode", pa.string()), ("split", pa.string()), ("k", pa.int32()),
-    ("hr", pa.float64()), ("ndcg", pa.float64()), ("valid_rate", pa.float64()), ("n", pa.int64()),
-    ("latency_ms", pa.float64()),
-])
-PREDICTIONS_SCHEMA = pa.schema([
-    ("model", pa.string()), ("mode", pa.string()), ("row", pa.int64()), ("split", pa.string()),
-    ("user_id", pa.string()), ("history", pa.list_(pa.string())), ("target", pa.string()),
-    ("ranked_items", pa.list_(pa.string())), ("ranked_sids", pa.list_(pa.string())),
-    ("ranked_titles", pa.list_(pa.string())), ("scores", pa.list_(pa.float64())), ("rank", pa.int32()),
-    ("reasoning", pa.string()), ("reasoning_closed", pa.bool_()), ("latency_s", pa.float64()),
-])
-
 
 def check_checkpoint(model_dir: Path, catalog: Catalog) -> None:
     """Fail before decoding when the checkpoint's tokenizer lacks SID tokens of the catalog."""
@@ -85,7 +72,7 @@ def _model_predictions(name: str, rows: pd.DataFrame, catalog: Catalog,
     for mode, results in decoded.items():
         valid = total = 0
         for (_, row), result in zip(rows.iterrows(), results):
-            mapped = [(catalog.sid_to_item.get(s), s, score) for s, score in zip(result.sids, result.scores)]
+            mapped = [(catalog.item_of.get(s), s, score) for s, score in zip(result.sids, result.scores)]
             kept = [m for m in mapped if m[0] is not None]
             valid, total = valid + len(kept), total + len(mapped)
             record = _prediction(name, mode, row, [m[0] for m in kept], [m[1] for m in kept],
@@ -96,14 +83,23 @@ def _model_predictions(name: str, rows: pd.DataFrame, catalog: Catalog,
     return records, valid_counts
 
 
-def _baseline_predictions(name: str, ranking: Ranking, rows: pd.DataFrame, catalog: Catalog,
-                          latency: float) -> list[dict]:
+def baseline_predictions(rankings_uri: str, rows: pd.DataFrame, catalog: Catalog, top: int) -> list[dict]:
+    """The baselines' ranked lists of the evaluated rows (cut to the beam width), as predictions."""
+    table = storage.read_parquet(rankings_uri).to_pandas()
     records = []
-    for (_, row), items, scores in zip(rows.iterrows(), ranking.items, ranking.scores):
-        record = _prediction(name, "direct", row, list(items), [catalog.item_sid[i] for i in items], scores,
-                             catalog, latency)
-        record["beams"] = record["valid_beams"] = len(items)
-        records.append(record)
+    for model, ranked in table.groupby("model", sort=False):
+        by_row = dict(zip(ranked["row"], zip(ranked["ranked_items"], ranked["scores"], ranked["latency_s"])))
+        missing = [int(r) for r in rows["row"] if r not in by_row]
+        if missing:
+            raise InputError(f"rankings {rankings_uri}: model {model!r} has no ranking of sample row(s) "
+                             f"{missing[:5]}; were they made from these samples?")
+        for _, row in rows.iterrows():
+            items, scores, latency = by_row[row["row"]]
+            items, scores = list(items)[:top], list(scores)[:top]
+            record = _prediction(model, "direct", row, items, [catalog.sid_of.get(i, "") for i in items], scores,
+                                 catalog, latency)
+            record["beams"] = record["valid_beams"] = len(items)
+            records.append(record)
     return records
 
 
@@ -161,14 +157,10 @@ def production_model(cfg: EvaluateConfig, inputs: Mapping[str, str], catalog: Ca
 def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     # 1. Inputs, validated before any model work.
-    catalog = load_catalog(storage.read_parquet(inputs["sid_map"]), storage.read_parquet(inputs["items"]),
-                           inputs["sid_map"], inputs["items"])
-    samples = load_samples(storage.read_parquet(inputs["samples"]), inputs["samples"])
+    catalog = artifacts.read_catalog(inputs["sid_map"], inputs["items"])
+    samples = samples_frame(artifacts.read_samples(inputs["samples"]))
     rows = select_rows(samples, cfg.splits, cfg.max_examples, ctx.seed, catalog, inputs["samples"])
-    train = samples[samples["split"] == "train"]
-    if cfg.baselines and train.empty:
-        raise EvaluationInputError(f"samples ({inputs['samples']}): the train split is empty; the baselines "
-                                   f"{cfg.baselines} learn from it")
+    baselines = baseline_predictions(inputs["rankings"], rows, catalog, cfg.beam_width) if "rankings" in inputs else []
     ks = cfg.effective_ks()
     cache_dir = Path(ctx.cache_uri) / "models" if not storage.is_gcs(ctx.cache_uri) else None
     model_dir = local_model_dir(inputs["model"], cache_dir)
@@ -179,7 +171,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
              cfg.engine, cfg.shards)
 
     # 2. The model under test, and in a scheduled run the production model on the same rows.
-    histories = [[catalog.item_sid[i] for i in h] for h in rows["history"]]
+    histories = [[catalog.sid_of[i] for i in h] for h in rows["history"]]
     with tempfile.TemporaryDirectory(prefix="sidreasoner-eval-") as workdir:
         decoded = decode_all(str(model_dir), catalog.sids, histories, cfg, ctx.seed, Path(workdir))
     records, valid_counts = _model_predictions(cfg.model_name, rows, catalog, decoded)
@@ -193,20 +185,8 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
         records += production_records
         production["decoding"] = _decoding_stats(production_decoded, production_counts)
 
-    # 3. Baselines on the same rows.
-    baseline_info: dict[str, Any] = {}
-    if "popularity" in cfg.baselines:
-        began = time.perf_counter()
-        ranking = popularity(train, catalog.item_ids, len(rows), cfg.beam_width)
-        records += _baseline_predictions("popularity", ranking, rows, catalog,
-                                         (time.perf_counter() - began) / len(rows))
-        baseline_info["popularity"] = ranking.info
-    if "sasrec" in cfg.baselines:
-        sasrec = SasrecBaseline(cfg.sasrec, ctx.seed)
-        baseline_info["sasrec"] = sasrec.fit(train, samples[samples["split"] == "valid"], catalog.item_ids)
-        began = time.perf_counter()
-        ranking = sasrec.rank(rows["history"].tolist(), cfg.beam_width)
-        records += _baseline_predictions("sasrec", ranking, rows, catalog, (time.perf_counter() - began) / len(rows))
+    # 3. The baselines' rankings of the same rows.
+    records += baselines
 
     # 4. Metrics, report, stats; everything is computed before anything is published.
     scored = pd.DataFrame(records)
@@ -217,10 +197,11 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
         "rows_per_split": {str(k): int(v) for k, v in rows["split"].value_counts().items()}, "beam_width": cfg.beam_width, "ks": ks,
         "engine": cfg.engine, "shards": cfg.shards, "modes": list(cfg.modes),
         "targets_outside_catalog": int((~rows["target"].isin(set(catalog.item_ids))).sum()),
-        "decoding": _decoding_stats(decoded, valid_counts), "baselines": baseline_info, "production": production,
+        "decoding": _decoding_stats(decoded, valid_counts), "production": production,
         "metrics": metrics.to_dict(orient="records"),
     }
-    html = render_report(metrics, predictions, stats, catalog.titles, catalog.item_sid, main_model=cfg.model_name,
+    titles = {item: catalog.title(item) for item in catalog.sid_of}
+    html = render_report(metrics, predictions, stats, titles, catalog.sid_of, main_model=cfg.model_name,
                          users=cfg.report_users, top=min(cfg.beam_width, 10))
     metrics_tbl = pa.Table.from_pandas(metrics, schema=METRICS_SCHEMA, preserve_index=False)
     predictions_tbl = pa.Table.from_pandas(predictions[PREDICTIONS_SCHEMA.names], schema=PREDICTIONS_SCHEMA,
@@ -253,20 +234,3 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
         "report": {"digest": digests["report"]},
         "stats": {"digest": digests["stats"]},
     }
-
-
-STAGE = Stage(
-    name="evaluate",
-    config=EvaluateConfig,
-    run=run,
-    description="Score a model with trie-constrained beam search (direct and thinking modes) over the full "
-                "catalog, beside popularity and SASRec; write metrics, predictions, an HTML report and stats.",
-    inputs={"model": "save_pretrained model folder (with SID tokens and sid_vocab.json)",
-            "sid_map": "SID map Parquet (item_id, codes, sid, status)",
-            "items": "items Parquet (item_id, title, ...)",
-            "samples": "samples Parquet (user_id, history, target, timestamp, split)"},
-    optional_inputs={"previous": "previous_model's JSON (scheduled retraining): score the production model "
-                                 "on the same rows"},
-    outputs={"metrics": "metrics.parquet", "predictions": "predictions.parquet", "report": "report.html",
-             "stats": "stats.json"},
-)

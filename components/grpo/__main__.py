@@ -1,6 +1,6 @@
 """``python -m components.grpo --config PROFILE --reasoning-model URI --reasoning URI --sid-map URI``"""
 
 from components.common.stage import stage_main
-from components.grpo.stage import STAGE
+from components.grpo import STAGE
 
 stage_main(STAGE)

@@ -17,7 +17,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.common.config import Section
-from components.common.training import TrainerSettings
+from components.common.training.settings import GRPOSettings
 
 
 class RewardConfig(Section):
@@ -54,47 +54,7 @@ class RewardConfig(Section):
         return value
 
 
-class RolloutConfig(Section):
-    """Where rollouts are generated: vLLM on GPUs, HF generate otherwise (same trainer code)."""
-
-    engine: Literal["auto", "hf", "vllm"] = "auto"
-    """auto: vLLM when a GPU is visible, HF generate on a CPU."""
-    vllm_mode: Literal["colocate", "server"] = "colocate"
-    """colocate: vLLM shares the training GPUs; server: a `trl vllm-serve` process on its own GPUs."""
-    vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=0.95)
-    """GPU memory share of vLLM (in colocate mode, of each training GPU)."""
-    vllm_tensor_parallel_size: int = Field(1, ge=1)
-    """Tensor parallelism of vLLM."""
-    vllm_server_base_url: str | None = None
-    """Server mode: URL of an already running `trl vllm-serve`. Unset: the stage starts one on
-    its first vllm_server_gpus GPUs and trains on the others."""
-    vllm_server_gpus: int = Field(1, ge=1)
-    """Server mode without a URL: GPUs given to the vLLM server."""
-    vllm_server_port: int = Field(8000, ge=1024, le=65535)
-    """Port of the server the stage starts."""
-    vllm_server_timeout: float = Field(600.0, gt=0)
-    """Seconds to wait for the server to come up."""
-    temperature: float = Field(1.0, gt=0)
-    """Sampling temperature of rollouts (recipe: 1.0)."""
-    top_p: float = Field(1.0, gt=0, le=1.0)
-    """Nucleus sampling mass (recipe: 1, off)."""
-    top_k: int = Field(0, ge=0)
-    """0: no top-k filtering (the recipe's -1)."""
-    max_prompt_length: int = Field(1024, ge=8)
-    """Prompts longer than this (in tokens) are dropped, as in the recipe."""
-    max_completion_length: int = Field(1024, ge=4)
-    """Longest rollout in tokens (reasoning + SID)."""
-
-    @model_validator(mode="after")
-    def _server(self) -> RolloutConfig:
-        if self.vllm_server_base_url is not None and self.vllm_mode != "server":
-            raise ValueError("vllm_server_base_url: only used with vllm_mode 'server'")
-        if self.engine == "hf" and self.vllm_mode == "server" and self.vllm_server_base_url is not None:
-            raise ValueError("vllm_server_base_url: set, but engine is 'hf' (HF generate)")
-        return self
-
-
-class GRPOStageConfig(TrainerSettings):
+class GRPOStageConfig(GRPOSettings):
     """Stage 2b: GRPO from the reasoning-activated model (RECIPE.md section 5)."""
 
     learning_rate: float = Field(5e-7, gt=0, le=1.0)
@@ -111,38 +71,10 @@ class GRPOStageConfig(TrainerSettings):
     """Rollouts (completions) per process per forward/backward micro-batch."""
     logging_steps: int = Field(1, ge=1)
     """Log every step: the per-step table needs each one."""
-    num_generations: int = Field(16, ge=2)
-    """Group size: rollouts per prompt."""
-    rollout_batch_size: int = Field(4096, ge=2)
-    """Rollouts per optimizer step (prompts per step x num_generations), generated at once;
-    one optimizer step per generation batch."""
-    beta: float = Field(0.001, ge=0)
-    """KL coefficient of the KL-to-reference loss (k3 estimator); 0 loads no reference model."""
-    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
-    """TRL loss aggregation."""
-    epsilon: float = Field(0.2, gt=0, lt=1)
-    """PPO clip range."""
-    scale_rewards: Literal["group", "batch", "none"] = "group"
-    """Advantage normalisation: by the group's reward std (the recipe), the batch's, or none."""
-    mask_truncated_completions: bool = False
-    """Exclude completions cut at max_completion_length from the loss (free sampling; beam_rank
-    completions always end with EOS, a reasoning cut at its budget being closed by the rollout)."""
     max_prompts: int | None = Field(None, ge=1)
     """Cap on training prompts (a seeded sample); null: every reasoning row."""
     reward: RewardConfig = Field(default_factory=RewardConfig)
     """How rollouts are scored."""
-    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
-    """How and where rollouts are generated."""
-
-    @model_validator(mode="after")
-    def _batches(self) -> GRPOStageConfig:
-        if self.rollout_batch_size % self.num_generations:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be divisible by the group size "
-                             f"num_generations ({self.num_generations}): every prompt gets a full group")
-        if self.rollout_batch_size % self.per_device_batch_size:
-            raise ValueError(f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of "
-                             f"per_device_batch_size ({self.per_device_batch_size})")
-        return self
 
     @model_validator(mode="after")
     def _beam_rollouts(self) -> GRPOStageConfig:
@@ -159,7 +91,3 @@ class GRPOStageConfig(TrainerSettings):
             raise ValueError("reward.mode beam_rank: each training process drives its own colocated vLLM engine; "
                              "rollout.vllm_tensor_parallel_size must be 1")
         return self
-
-    @property
-    def prompts_per_step(self) -> int:
-        return self.rollout_batch_size // self.num_generations

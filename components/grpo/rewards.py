@@ -31,15 +31,19 @@ reward functions and their weights, and, when it makes its own rollouts, TRL's `
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import re
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from components.common.modeling import THINK_CLOSE, THINK_OPEN
 from components.common.sid import TOKEN_RE
+from components.common.training.grpo import RewardSetup
+from components.common.training.launch import TrainJob
+from components.common.training.settings import GRPOSettings
 from components.grpo.config import RewardConfig
 
 ANGLE_TOKEN = re.compile(r"<[^<>]+>")
@@ -78,13 +82,6 @@ def catalog_score(completion: str, catalog: Collection[str], levels: int, tail_c
     """The validity reward R_f of one completion: 1 if its SID is a catalog item."""
     answer = parse_answer(completion, levels, tail_chars)
     return 1.0 if answer is not None and "".join(answer) in catalog else 0.0
-
-
-def recipe_reward(completion: str, target_sid: str, catalog: Collection[str], level_rewards: Sequence[float],
-                  catalog_bonus: float = 0.1, tail_chars: int = 50) -> float:
-    """R = R_sr + catalog_bonus * R_f (what TRL computes from the two weighted functions)."""
-    return (prefix_score(completion, target_sid, level_rewards, tail_chars)
-            + catalog_bonus * catalog_score(completion, catalog, len(level_rewards), tail_chars))
 
 
 def rank_gain(rank: int, scheme: str) -> float:
@@ -191,16 +188,6 @@ def catalog_reward(completions: list[str], *, catalog: frozenset[str], levels: i
 
 
 @dataclass(frozen=True)
-class RewardSetup:
-    """What a reward mode hands to GRPOTrainer."""
-
-    funcs: list[Callable[..., list[float]]]
-    weights: list[float]
-    rollout_func: Callable[[list[str], Any], dict[str, Any]] | None = None
-    """TRL's ``rollout_func`` when the mode makes its own rollouts; None: TRL samples."""
-
-
-@dataclass(frozen=True)
 class RewardInputs:
     """What a reward mode is built from besides its config."""
 
@@ -229,7 +216,8 @@ def _prefix_mode(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
 
 
 def _beam_rank_mode(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
-    from components.grpo.beam import BeamRollout  # torch and the trie: loaded by the training process only
+    # torch and the trie: loaded by the training process only
+    from components.grpo.beam import BeamRollout, colocated_vllm_with_trie
 
     if inputs.tokenizer is None or inputs.max_completion_length is None:
         raise ValueError("reward mode beam_rank needs the tokenizer and max_completion_length")
@@ -243,6 +231,10 @@ def _beam_rank_mode(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
                functools.partial(catalog_reward, catalog=inputs.catalog, levels=levels, tail_chars=cfg.tail_chars)],
         weights=[1.0, cfg.catalog_bonus],
         rollout_func=rollout,
+        # on vLLM, TRL's colocated engine must carry the trie logits processor
+        engine_setup=functools.partial(colocated_vllm_with_trie, cfg.beam_width) if inputs.use_vllm
+        else contextlib.nullcontext,
+        importance_sampling_correction=False,  # beam-selected SID tokens have no sampling log-prob to correct
     )
 
 
@@ -256,3 +248,13 @@ def build_reward_funcs(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
     """The reward functions, weights and (for modes with their own rollouts) ``rollout_func`` of
     ``cfg.mode``."""
     return REWARD_MODES[cfg.mode](cfg, inputs)
+
+
+def for_training(args: Mapping[str, Any], tokenizer: Any, settings: GRPOSettings, job: TrainJob,
+                 use_vllm: bool) -> RewardSetup:
+    """The GRPO engine's reward factory (``GRPOPayload.rewards``), in each training process.
+    ``args``: ``reward`` (the RewardConfig as JSON) and ``catalog`` (every catalog SID)."""
+    think_ids = (tokenizer.convert_tokens_to_ids(THINK_OPEN), tokenizer.convert_tokens_to_ids(THINK_CLOSE))
+    return build_reward_funcs(RewardConfig.model_validate(args["reward"]), RewardInputs(
+        catalog=frozenset(args["catalog"]), think_ids=think_ids, tokenizer=tokenizer,
+        max_completion_length=settings.rollout.max_completion_length, use_vllm=use_vllm, workdir=job.output_dir))

@@ -19,21 +19,22 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.align_sft import backbone, data
-from components.common import prompts, storage, training
+from components.common import artifacts, prompts, storage
 from components.common.config import ConfigError
+from components.common.errors import InputError
 from components.common.lineage import StageRun
-from components.common.stage import Stage, StageContext
+from components.common.stage import StageContext
+from components.common.training import backbone, grpo, launch
+from components.common.training.models import finish_stage
+from components.common.training.settings import GRPOSettings, settings_of
 from components.grpo import report
 from components.grpo.config import GRPOStageConfig
 from components.grpo.rollout import plan_rollouts, vllm_server
-from components.grpo.train import ENTRY
-
 
 NAME = "grpo"
 
 
-def prompt_rows(tokenizer: Any, rows: list[data.ReasoningRow], max_prompt_length: int, max_prompts: int | None,
+def prompt_rows(tokenizer: Any, rows: list[artifacts.ReasoningRow], max_prompt_length: int, max_prompts: int | None,
                 seed: int) -> tuple[dict[str, list[str]], dict[str, int]]:
     """GRPO prompts (``render_prompt(reasoning_messages(history))``) and targets; prompts longer
     than ``max_prompt_length`` tokens are dropped, as in the recipe."""
@@ -53,27 +54,26 @@ def prompt_rows(tokenizer: Any, rows: list[data.ReasoningRow], max_prompt_length
 
 def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
-    gpus = training.visible_gpus()
-    training.check_hardware(cfg, NAME, gpus)
+    gpus = launch.visible_gpus()
+    launch.check_hardware(cfg, NAME, gpus)
     plan = plan_rollouts(cfg, gpus, NAME)
     world = 1 if not plan.train_gpus else (cfg.launch.num_processes or len(plan.train_gpus))
     if plan.train_gpus and world > len(plan.train_gpus):
         raise ConfigError(f"{NAME}.launch.num_processes: {world} processes but {len(plan.train_gpus)} GPU(s) "
                           "are left for training")
-    accumulation = training.gradient_accumulation(cfg.rollout_batch_size, cfg.per_device_batch_size, world,
-                                                  f"{NAME}.rollout_batch_size")
+    accumulation = launch.gradient_accumulation(cfg.rollout_batch_size, cfg.per_device_batch_size, world,
+                                                f"{NAME}.rollout_batch_size")
     backbone.check_backbone_uri(inputs["reasoning_model"], "input reasoning_model")
-    catalog = data.read_catalog(inputs["sid_map"])
+    catalog = artifacts.read_catalog(inputs["sid_map"])
     if len(cfg.reward.level_rewards) != catalog.levels:
         raise ConfigError(f"{NAME}.reward.level_rewards: {len(cfg.reward.level_rewards)} values but the sid_map "
                           f"SIDs have {catalog.levels} levels")
-    backbone.check_model_vocabulary(inputs["reasoning_model"], catalog, "input reasoning_model")
+    artifacts.check_model_vocabulary(inputs["reasoning_model"], catalog, "input reasoning_model")
     if cfg.reward.mode == "beam_rank":
         check_beam_layout(cfg, world, len(catalog.sids))
-    rows = data.read_reasoning(inputs["reasoning"], catalog)
-    digests = {name: storage.digest(uri) for name, uri in inputs.items()}
+    rows = artifacts.read_reasoning(inputs["reasoning"], catalog)
 
-    def prepare(work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    def prepare(work: Path) -> tuple[grpo.GRPOPayload, dict[str, Any]]:
         from datasets import Dataset
         from transformers import AutoTokenizer
 
@@ -84,21 +84,25 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
             check_beam_tokens(cfg, tokenizer, catalog.sids)
         columns, data_stats = prompt_rows(tokenizer, rows, cfg.rollout.max_prompt_length, cfg.max_prompts, ctx.seed)
         if len(columns["prompt"]) < cfg.prompts_per_step:  # TRL drops incomplete generation batches
-            raise data.InputError(
+            raise InputError(
                 f"reasoning {inputs['reasoning']}: {len(columns['prompt'])} usable prompt(s) "
                 f"({data_stats['dropped_overlong']} longer than {NAME}.rollout.max_prompt_length), fewer than the "
                 f"{cfg.prompts_per_step} prompts of one step ({NAME}.rollout_batch_size / num_generations)")
         Dataset.from_dict(columns).save_to_disk(str(work / "prompts"))
-        payload = {"config": cfg.model_dump(mode="json"), "base_model": str(base), "prompts": str(work / "prompts"),
-                   "catalog": sorted(catalog.sids), "sid_vocab": list(catalog.tokens),
-                   "gradient_accumulation_steps": accumulation, "use_vllm": plan.engine == "vllm",
-                   "vllm_server_url": plan.server_url}
+        payload = grpo.GRPOPayload(
+            settings=settings_of(cfg, GRPOSettings), base_model=str(base), prompts=str(work / "prompts"),
+            gradient_accumulation_steps=accumulation, use_vllm=plan.engine == "vllm",
+            vllm_server_url=plan.server_url, rewards="components.grpo.rewards:for_training",
+            reward_args={"reward": cfg.reward.model_dump(mode="json"), "catalog": sorted(catalog.sids)},
+            record=artifacts.ModelRecord(sid_space=catalog.sid_space, sid_map_digest=ctx.input_digests["sid_map"],
+                                         stage=NAME),
+            sid_vocab=list(catalog.tokens))
         return payload, data_stats
 
-    stats, result = training.run_training(
-        stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"], input_digests=digests, entry=ENTRY,
-        world=world, gpu_ids=plan.train_gpus[:world], prepare=prepare,
-        around=lambda payload: vllm_server(plan, cfg, payload["base_model"]))
+    stats, result = launch.run_training(
+        stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"], input_digests=ctx.input_digests,
+        entry=grpo.ENTRY, world=world, gpu_ids=plan.train_gpus[:world], prepare=prepare,
+        around=lambda payload: vllm_server(plan, cfg, payload.base_model))
     table = report.step_table(result.get("log_history", []))
     stats.update({"global_step": result["global_step"], "resumed_from_step": result.get("resumed_from_step"),
                   "rollout_engine": plan.engine, "vllm_mode": plan.vllm_mode, "reward_mode": cfg.reward.mode,
@@ -107,7 +111,7 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
                   "summary": report.summarize(table), "steps": table})
     log_step_table(tracker, table)
     metrics = {"global_step": stats["global_step"], **stats["summary"]}
-    return training.finish_stage(NAME, cfg, tracker, outputs, stats, digests, metrics=metrics)
+    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests, metrics=metrics)
 
 
 def check_beam_layout(cfg: GRPOStageConfig, world: int, catalog_size: int) -> None:
@@ -148,15 +152,3 @@ def log_step_table(tracker: StageRun, table: list[dict[str, Any]]) -> None:
             writer.writerows(table)
         tracker.log_artifact(path)
         tracker.log_artifact(report.plot(table, Path(tmp) / "grpo_reward_vs_reasoning.png"))
-
-
-STAGE = Stage(
-    name=NAME,
-    config=GRPOStageConfig,
-    run=run,
-    description="Stage 2b: GRPO of the reasoning model with the recipe's SID reward or the exact-match rank "
-                "reward over trie-constrained beam rollouts (vLLM rollouts on GPU, HF generate on CPU).",
-    inputs={"reasoning_model": "reason_sft model folder", "reasoning": "reasoning Parquet (prompts, targets)",
-            "sid_map": "sid_map Parquet (catalog of the validity reward)"},
-    outputs={"model": "model", "stats": "stats.json"},
-)

@@ -1,6 +1,6 @@
 """``python -m components.ingest --config PROFILE [--set k=v] [--out DIR]``"""
 
 from components.common.stage import stage_main
-from components.ingest.stage import STAGE
+from components.ingest import STAGE
 
 stage_main(STAGE)

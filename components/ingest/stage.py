@@ -1,12 +1,8 @@
 """Ingest stage: raw catalog + interactions -> ``items``, ``samples`` and ``stats`` artifacts.
 
-Artifact contracts (Parquet):
-
-* items: item_id, title, description, brand, categories (list<string>)
-  [+ upstream_sid when a release pack ships index.json]
-* samples: user_id, history (list<string>, oldest first), target, timestamp (int64), split
-* stats: JSON (counts per step, users, items, samples per split, history lengths, the
-  source files with their digests)
+Artifact contracts: ``items`` and ``samples`` (:mod:`components.common.artifacts`; items carry
+``upstream_sid`` when a release pack ships index.json); ``stats`` JSON (counts per step, users,
+items, samples per split, history lengths, the source files with their digests).
 """
 
 from __future__ import annotations
@@ -15,38 +11,15 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-import pandas as pd
-import pyarrow as pa
-
 from components.common import storage
+from components.common.artifacts import items_table, samples_table
 from components.common.lineage import StageRun
-from components.common.stage import Stage, StageContext
+from components.common.stage import StageContext
 from components.ingest.config import IngestConfig
 from components.ingest.preprocess import preprocess
 from components.ingest.readers import read_catalog
 
 log = logging.getLogger(__name__)
-
-ITEMS_SCHEMA = pa.schema([
-    ("item_id", pa.string()), ("title", pa.string()), ("description", pa.string()),
-    ("brand", pa.string()), ("categories", pa.list_(pa.string())),
-])
-SAMPLES_SCHEMA = pa.schema([
-    ("user_id", pa.string()), ("history", pa.list_(pa.string())), ("target", pa.string()),
-    ("timestamp", pa.int64()), ("split", pa.string()),
-])
-
-
-def items_table(items: pd.DataFrame) -> pa.Table:
-    schema = ITEMS_SCHEMA
-    if "upstream_sid" in items.columns:
-        schema = schema.append(pa.field("upstream_sid", pa.string()))
-    return pa.Table.from_pandas(items[schema.names], schema=schema, preserve_index=False)
-
-
-def samples_table(samples: pd.DataFrame) -> pa.Table:
-    return pa.Table.from_pandas(samples[SAMPLES_SCHEMA.names], schema=SAMPLES_SCHEMA, preserve_index=False)
-
 
 def run(cfg: IngestConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
@@ -77,13 +50,3 @@ def run(cfg: IngestConfig, ctx: StageContext, inputs: Mapping[str, str], outputs
         "samples": {"digest": digests["samples"], "rows": samples_tbl.num_rows},
         "stats": {"digest": digests["stats"]},
     }
-
-
-STAGE = Stage(
-    name="ingest",
-    config=IngestConfig,
-    run=run,
-    description="Read a catalog (amazon18 | amazon23 | release | parquet) and write items, samples "
-                "and stats.",
-    outputs={"items": "items.parquet", "samples": "samples.parquet", "stats": "stats.json"},
-)

@@ -15,7 +15,7 @@ from typing import Any
 
 from components.common.lineage import StageRun
 from components.common.registry import RetrainConfig, find_previous
-from components.common.stage import Stage, StageContext
+from components.common.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -29,14 +29,3 @@ def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], output
     tracker.log_dict(previous.__dict__, "previous_model.json")
     log.info("previous model: %s", previous.reason)
     return {"previous": {"digest": digest, "found": previous.found, "version": previous.version or ""}}
-
-
-STAGE = Stage(
-    name="previous_model",
-    section="retrain",
-    config=RetrainConfig,
-    run=run,
-    description="Find the production model (MLflow registered model alias) whose SIDs and weights this "
-                "run continues from.",
-    outputs={"previous": "previous.json"},
-)

@@ -24,7 +24,7 @@ import pandas as pd
 from components.common import registry, storage
 from components.common.lineage import StageRun
 from components.common.registry import PRODUCTION_MODEL, PreviousModel, RetrainConfig
-from components.common.stage import Stage, StageContext
+from components.common.stage import StageContext
 
 log = logging.getLogger(__name__)
 
@@ -106,18 +106,3 @@ def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], output
     tracker.log_dict(decision, "promotion.json")
     tracker.set_parent_tags({registry.TAG_PROMOTION: ("promoted: " if promoted else "not promoted: ") + reason})
     return {"decision": {"digest": digest, "promoted": promoted, "version": decision["version"] or ""}}
-
-
-STAGE = Stage(
-    name="promote",
-    section="retrain",
-    config=RetrainConfig,
-    run=run,
-    description="Register the run's model and move the production alias if it beats production; "
-                "otherwise record why not.",
-    inputs={"metrics": "evaluate's metrics Parquet", "model": "the trained model folder (grpo)",
-            "model_stats": "the training stage's stats JSON (its MLflow LoggedModel id)",
-            "sid_map": "sid_map Parquet the model was trained with", "codebooks": "the codebooks folder",
-            "previous": "previous_model's JSON"},
-    outputs={"decision": "decision.json"},
-)

@@ -1,6 +1,6 @@
 """``python -m components.reason_sft --config PROFILE --sft-model URI --reasoning URI --sid-map URI``"""
 
 from components.common.stage import stage_main
-from components.reason_sft.stage import STAGE
+from components.reason_sft import STAGE
 
 stage_main(STAGE)

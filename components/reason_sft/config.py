@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pydantic import Field, model_validator
 
-from components.align_sft.config import SFTSettings
+from components.common.training.settings import SFTSettings
 
 
 class ReasonSFTConfig(SFTSettings):

@@ -31,6 +31,7 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
+from components.common.errors import InputError
 from components.sid_quantize.config import CollisionConfig
 from components.sid_quantize.quantizer import residual_before
 from components.sid_quantize.sinkhorn import capacity_assign
@@ -38,7 +39,7 @@ from components.sid_quantize.sinkhorn import capacity_assign
 Code = tuple[int, ...]
 
 
-class CollisionError(ValueError):
+class CollisionError(InputError):
     """The SIDs asked for cannot all be distinct (more items than the codebooks can express)."""
 
 

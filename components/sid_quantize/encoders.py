@@ -26,6 +26,7 @@ import pandas as pd
 import pyarrow as pa
 
 from components.common import storage
+from components.common.errors import InputError
 from components.common.logs import Progress
 from components.sid_quantize.config import BUILTIN_MINILM, EncoderConfig
 from components.sid_quantize.runtime import resolve_device
@@ -33,7 +34,7 @@ from components.sid_quantize.runtime import resolve_device
 log = logging.getLogger(__name__)
 
 
-class EmbeddingError(ValueError):
+class EmbeddingError(InputError):
     """Bad text or embeddings; the message names the items."""
 
 

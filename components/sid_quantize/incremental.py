@@ -14,10 +14,10 @@ from typing import Any
 
 import torch
 
-from components.common import storage
+from components.common import artifacts, storage
 from components.sid_quantize.config import SidQuantizeConfig
 from components.sid_quantize.quantizer import CodebooksError, Quantizer, load_quantizer
-from components.sid_quantize.sid_map import SidMap, read_sid_map
+from components.sid_quantize.sid_map import SidMap
 
 
 @dataclass
@@ -25,6 +25,8 @@ class Previous:
     quantizer: Quantizer
     config: dict[str, Any]
     sid_map: SidMap
+    sid_space: str
+    """The SID space of the previous codebooks and sid_map (they must agree)."""
 
 
 def load_previous(cfg: SidQuantizeConfig, device: torch.device) -> Previous:
@@ -44,7 +46,13 @@ def load_previous(cfg: SidQuantizeConfig, device: torch.device) -> Previous:
         raise CodebooksError(f"{where}: codebook sizes {config['codebook_sizes']} (levels {config['levels']}) but "
                              f"sid_quantize.codebook_sizes is {cfg.codebook_sizes}; incremental assignment keeps "
                              "the previous levels (set codebook_sizes to match, or run without incremental)")
-    return Previous(quantizer, config, read_sid_map(sid_map_uri, cfg.codebook_sizes))
+    if config.get("sid_space") is None:
+        raise CodebooksError(f"{where}: config.json records no sid_space (not written by this pipeline's "
+                             "sid_quantize); its SIDs cannot be bound to a sid_map")
+    sid_map, sid_space = SidMap.read(sid_map_uri, cfg.codebook_sizes)
+    artifacts.check_same_sid_space({"previous codebooks": (codebooks_uri, config["sid_space"]),
+                                    "previous sid_map": (sid_map_uri, sid_space)})
+    return Previous(quantizer, config, sid_map, config["sid_space"])
 
 
 def check_embeddings_match(previous: Previous, encoder_id: str, settings: dict[str, Any], dim: int) -> None:

@@ -17,6 +17,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from components.common import storage
+from components.common.errors import InputError
 from components.sid_quantize.kmeans import CHUNK, nearest
 
 FORMAT_VERSION = 1
@@ -24,7 +26,7 @@ WEIGHTS_FILE = "weights.safetensors"
 CONFIG_FILE = "config.json"
 
 
-class CodebooksError(ValueError):
+class CodebooksError(InputError):
     """A codebooks artifact is missing, malformed, or does not fit the run's config."""
 
 
@@ -108,10 +110,12 @@ def _classes() -> dict[str, type[Quantizer]]:
     return {RQKMeans.method: RQKMeans, RQVAE.method: RQVAE}
 
 
-def save_quantizer(quantizer: Quantizer, folder: Path, config: dict[str, Any]) -> None:
-    """Write ``weights.safetensors`` and ``config.json`` (architecture + ``config``) to ``folder``."""
+def save_quantizer(quantizer: Quantizer, folder: Path, config: dict[str, Any]) -> str:
+    """Write ``weights.safetensors`` and ``config.json`` (architecture + ``config``) to ``folder``;
+    returns the SID space these codebooks define (the weights' digest, also in ``config.json``)."""
     state = {k: v.detach().cpu().contiguous() for k, v in quantizer.state_dict().items()}
     save_file(state, str(folder / WEIGHTS_FILE), metadata={"method": quantizer.method})
+    sid_space = storage.file_digest(folder / WEIGHTS_FILE)
     document = {
         "format_version": FORMAT_VERSION,
         "method": quantizer.method,
@@ -119,8 +123,10 @@ def save_quantizer(quantizer: Quantizer, folder: Path, config: dict[str, Any]) -
         "codebook_sizes": quantizer.codebook_sizes,
         "architecture": quantizer.architecture(),
         **config,
+        "sid_space": sid_space,
     }
     (folder / CONFIG_FILE).write_text(json.dumps(document, indent=2, sort_keys=True) + "\n")
+    return sid_space
 
 
 def load_quantizer(folder: Path, device: torch.device | str = "cpu") -> tuple[Quantizer, dict[str, Any]]:

@@ -33,13 +33,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 import torch
 
-from components.common import storage
+from components.common import artifacts, storage
+from components.common.errors import InputError
 from components.common.lineage import StageRun
 from components.common.registry import continued_from
-from components.common.stage import Stage, StageContext
+from components.common.stage import StageContext
 from components.sid_quantize import metrics
 from components.sid_quantize.collisions import resolve_collisions
 from components.sid_quantize.config import IncrementalConfig, SidQuantizeConfig
@@ -56,30 +56,8 @@ log = logging.getLogger(__name__)
 ITEM_COLUMNS = ("item_id", "title", "description", "brand", "categories")
 
 
-class QuantizeError(ValueError):
+class QuantizeError(InputError):
     """Bad input or a config that cannot work on this catalog; the message says which."""
-
-
-def read_items(uri: str) -> pd.DataFrame:
-    """The items artifact, checked: contract columns present, string ids, unique, not empty."""
-    table = storage.read_parquet(uri)
-    missing = [c for c in ITEM_COLUMNS if c not in table.column_names]
-    if missing:
-        raise QuantizeError(f"{uri}: missing column(s) {missing}; found {table.column_names}")
-    if table.num_rows == 0:
-        raise QuantizeError(f"{uri}: the catalog is empty (0 items)")
-    if not pa.types.is_string(table.schema.field("item_id").type) and not pa.types.is_large_string(
-            table.schema.field("item_id").type):
-        raise QuantizeError(f"{uri}: column item_id must be strings, got {table.schema.field('item_id').type}")
-    items = table.to_pandas()
-    null = items["item_id"].isna()
-    if null.any():
-        raise QuantizeError(f"{uri}: item_id is null at row {int(np.flatnonzero(null)[0])}")
-    dup = items["item_id"].duplicated()
-    if dup.any():
-        row = int(np.flatnonzero(dup)[0])
-        raise QuantizeError(f"{uri}: duplicate item_id {items['item_id'].iloc[row]!r} at row {row}")
-    return items
 
 
 def _check_catalog_fits(cfg: SidQuantizeConfig, item_ids: list[str], previous: Previous | None) -> None:
@@ -122,7 +100,7 @@ def continue_previous_run(cfg: SidQuantizeConfig, inputs: Mapping[str, str], tra
 
 def run(cfg: SidQuantizeConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
-    items = read_items(inputs["items"])
+    items = artifacts.read_items(inputs["items"]).frame()
     cfg = continue_previous_run(cfg, inputs, tracker)
     device = resolve_device(cfg.device)
     previous = load_previous(cfg, device) if cfg.incremental.enabled else None
@@ -137,12 +115,14 @@ def run(cfg: SidQuantizeConfig, ctx: StageContext, inputs: Mapping[str, str], ou
         "collisions": cfg.collisions.model_dump(mode="json"),
     })
 
-    # Everything is computed; publish the four outputs (each one atomically).
-    digests = {"embeddings": storage.write_parquet(emb.table(), outputs["embeddings"]),
-               "sid_map": storage.write_parquet(sid_map.table(cfg.codebook_sizes), outputs["sid_map"])}
+    # Everything is computed; publish the four outputs (each one atomically). The codebooks come
+    # first: their weights' digest is the SID space the sid_map records.
     with storage.staged_dir(outputs["codebooks"]) as folder:
-        save_quantizer(quantizer, folder, codebooks_config)
-    digests["codebooks"] = storage.digest(outputs["codebooks"])
+        sid_space = save_quantizer(quantizer, folder, codebooks_config)
+    digests = {"codebooks": storage.digest(outputs["codebooks"]),
+               "embeddings": storage.write_parquet(emb.table(), outputs["embeddings"]),
+               "sid_map": storage.write_parquet(sid_map.table(cfg.codebook_sizes, sid_space), outputs["sid_map"])}
+    stats["sid_space"] = sid_space
     stats["outputs"] = dict(digests)
     digests["stats"] = storage.write_json(outputs["stats"], stats)
 
@@ -284,16 +264,3 @@ def _metric_view(stats: dict[str, Any]) -> dict[str, Any]:
     if stats["incremental"]:
         view["incremental"] = {k: v for k, v in stats["incremental"].items() if isinstance(v, int)}
     return view
-
-
-STAGE = Stage(
-    name="sid_quantize",
-    config=SidQuantizeConfig,
-    run=run,
-    description="Embed item text, quantize it into Semantic IDs (RQ-VAE or RQ-KMeans), make every SID "
-                "unique, measure; or extend a previous run's SIDs to a changed catalog (incremental).",
-    inputs={"items": "items artifact (Parquet) from ingest, local path or gs:// URI"},
-    optional_inputs={"previous": "previous_model's JSON (scheduled retraining): keep the production run's SIDs"},
-    outputs={"embeddings": "embeddings.parquet", "sid_map": "sid_map.parquet", "codebooks": "codebooks",
-             "stats": "stats.json"},
-)

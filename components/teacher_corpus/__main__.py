@@ -2,6 +2,6 @@
 [--set k=v] [--out DIR]``"""
 
 from components.common.stage import stage_main
-from components.teacher_corpus.stage import STAGE
+from components.teacher_corpus import STAGE
 
 stage_main(STAGE)

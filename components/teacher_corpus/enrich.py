@@ -32,10 +32,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from components.common.artifacts import Catalog, Item, Sample
 from components.common.logs import Progress
 from components.teacher_corpus import offline, validation
 from components.teacher_corpus.config import EnrichmentConfig, ValidationConfig
-from components.teacher_corpus.data import Catalog, Item, Sample
 from components.teacher_corpus.teacher import BudgetExhausted, RequestRejected, TeacherClient, TeacherError
 from components.teacher_corpus.templates import PromptTemplate, combined_hash
 
@@ -210,7 +210,7 @@ class Enricher:
     # -- validation per step -----------------------------------------------------------------
 
     def _check(self, step: str, job: Job, text: str) -> list[str]:
-        levels, sids, bounds = self.catalog.levels, self.catalog.sids, getattr(self.checks, step)
+        levels, sids, bounds = self.catalog.levels, frozenset(self.catalog.item_of), getattr(self.checks, step)
         if step == "item_analysis":
             return validation.check_item_analysis(text, levels, sids, bounds)
         if step == "item_narrative":

@@ -16,7 +16,7 @@ import re
 from collections import Counter
 from collections.abc import Sequence
 
-from components.teacher_corpus.data import Item, Sample
+from components.common.artifacts import Item, Sample
 
 VERSION = "offline-v1"
 

@@ -8,7 +8,7 @@
 4. Publishes the three outputs atomically and logs the accounting to MLflow (metrics, the stats
    JSON, a review sample of teacher outputs, the prompt template hashes).
 
-Output contracts: :mod:`components.teacher_corpus.schema`; ``stats`` is JSON.
+Output contracts: :mod:`components.common.artifacts` (``corpus``, ``reasoning``); ``stats`` is JSON.
 """
 
 from __future__ import annotations
@@ -21,12 +21,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from components.common import storage
+from components.common.artifacts import CORPUS_SCHEMA, REASONING_SCHEMA, read_catalog, to_table, with_sid_space
 from components.common.lineage import StageRun
-from components.common.stage import Stage, StageContext
+from components.common.stage import StageContext
 from components.teacher_corpus import offline
 from components.teacher_corpus.cache import ResponseCache
 from components.teacher_corpus.config import TeacherCorpusConfig
-from components.teacher_corpus.data import read_catalog, read_train_samples
+from components.teacher_corpus.data import read_train_samples
 from components.teacher_corpus.enrich import (
     Enricher,
     OfflineWriter,
@@ -36,7 +37,6 @@ from components.teacher_corpus.enrich import (
     select_items,
     select_users,
 )
-from components.teacher_corpus.schema import CORPUS_SCHEMA, REASONING_SCHEMA, to_table
 from components.teacher_corpus.tasks import build_tasks, items_in_scope
 from components.teacher_corpus.teacher import Accounting, TeacherClient, TeacherError, resolve_api_key
 from components.teacher_corpus.templates import load_templates
@@ -70,7 +70,7 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
         prompt_info = {"offline_writer": offline.VERSION}
         tracker.log_params({"offline_writer": offline.VERSION})
 
-    catalog = read_catalog(inputs["items"], inputs["sid_map"])
+    catalog = read_catalog(inputs["sid_map"], inputs["items"])
     train, input_stats = read_train_samples(inputs["samples"], catalog)
     log.info("catalog: %d items (%d retired ignored); %d train samples", len(catalog.items),
              len(catalog.retired), len(train))
@@ -101,8 +101,8 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
                          "teacher.budget.on_exhausted=fail, so no output is written. Every response received "
                          "is cached: re-run with a larger budget to continue where this run stopped.")
 
-    corpus = to_table(task_rows + result.corpus_rows, CORPUS_SCHEMA)
-    reasoning = to_table(result.reasoning_rows, REASONING_SCHEMA)
+    corpus = with_sid_space(to_table(task_rows + result.corpus_rows, CORPUS_SCHEMA), catalog.sid_space)
+    reasoning = with_sid_space(to_table(result.reasoning_rows, REASONING_SCHEMA), catalog.sid_space)
     if users and reasoning.num_rows == 0:
         log.warning("no reasoning path survived validation (%d users selected): the reasoning output is empty",
                     len(users))
@@ -149,16 +149,3 @@ def _log_teacher(tracker: StageRun, client: TeacherClient | None, seconds: float
                  "requests_per_s": round(client.stats.requests / seconds, 3) if seconds > 0 else None}
     tracker.log_metrics({"teacher": stats})
     return stats
-
-
-STAGE = Stage(
-    name="teacher_corpus",
-    config=TeacherCorpusConfig,
-    run=run,
-    description="Build the SID-language alignment corpus: deterministic tasks from the train split, and "
-                "teacher-written (litellm, cached, validated) or offline item/user narratives and "
-                "reasoning paths.",
-    inputs={"items": "items Parquet (ingest)", "samples": "samples Parquet (ingest)",
-            "sid_map": "SID map Parquet (sid_quantize)"},
-    outputs={"corpus": "corpus.parquet", "reasoning": "reasoning.parquet", "stats": "stats.json"},
-)

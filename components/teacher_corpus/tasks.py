@@ -19,9 +19,9 @@ import random
 from collections.abc import Sequence
 from typing import Any
 
+from components.common.artifacts import Catalog, Sample
 from components.common.prompts import DIRECT_SYSTEM, DIRECT_USER, direct_messages
 from components.teacher_corpus.config import ChatTemplate, TasksConfig
-from components.teacher_corpus.data import Catalog, Sample
 
 SOURCE = "template"
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from components.common.config import ConfigError, apply_overrides, load_yaml

@@ -10,11 +10,10 @@ import pytest
 
 from components.common import lineage, storage
 from pipeline import cli
-from pipeline.config import RETRAIN_STAGES, STAGES
-from pipeline.dag import STAGE_OUTPUTS
+from pipeline.config import DECLARATIONS
 
 #: The DAG of a run without scheduled retraining.
-CORE_STAGES = [s for s in STAGES if s not in RETRAIN_STAGES]
+CORE_STAGES = [s for s in DECLARATIONS if s not in ("previous_model", "promote")]
 
 #: The demo profile, cut to the fewest steps that still exercise every code path.
 FAST = [
@@ -24,7 +23,7 @@ FAST = [
     "align_sft.max_steps=6", "align_sft.eval_steps=3", "align_sft.checkpoint.every_steps=3",
     "reason_sft.max_steps=4", "reason_sft.eval_steps=2", "reason_sft.checkpoint.every_steps=2",
     "grpo.max_steps=2", "grpo.max_prompts=16", "grpo.checkpoint.every_steps=1",
-    "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "evaluate.sasrec.epochs=3",
+    "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "baselines.sasrec.epochs=3",
 ]
 
 
@@ -40,7 +39,7 @@ def test_run_record_lists_every_stage_output_with_its_digest(run):
     assert run["status"] == "succeeded"
     assert set(run["stages"]) == set(CORE_STAGES)
     for stage in CORE_STAGES:
-        outputs = STAGE_OUTPUTS[stage]
+        outputs = DECLARATIONS[stage].outputs
         assert set(run["stages"][stage]) == set(outputs)
         for name, artifact in run["stages"][stage].items():
             assert storage.digest(artifact["uri"]) == artifact["metadata"]["digest"], (stage, name)

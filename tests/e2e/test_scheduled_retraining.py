@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from components.common import registry
-from components.common.modeling import sid_vocabulary
+from components.common.artifacts import model_sid_vocabulary as sid_vocabulary
 from components.ingest.demo_data import write_demo_data
 from pipeline import cli
 from pipeline.lineage import collect, render

@@ -10,11 +10,11 @@ import pyarrow as pa
 import pytest
 
 from components.common import sid, storage
+from components.common.artifacts import items_table, samples_table
 from components.common.config import parse_section
 from components.ingest.config import IngestConfig
 from components.ingest.preprocess import preprocess
 from components.ingest.readers import read_catalog
-from components.ingest.stage import items_table, samples_table
 from tests.tiny_sid_model import build_sid_model
 
 CODEBOOKS = (4, 6, 6)  # 144 codes for the demo's ~130 items
@@ -27,6 +27,8 @@ class EvalInputs:
     sid_map: str
     model: str
     root: Path
+    rankings: str = ""
+    """The baselines stage's rankings of these samples (popularity, SASRec)."""
 
 
 def sid_map_table(item_ids: list[str], statuses: dict[str, str] | None = None) -> pa.Table:
@@ -49,5 +51,19 @@ def eval_inputs(demo_data, tmp_path_factory) -> EvalInputs:
     storage.write_parquet(samples_table(samples), root / "samples.parquet")
     storage.write_parquet(sid_map_table(items["item_id"].tolist()), root / "sid_map.parquet")
     model = build_sid_model(root / "model", CODEBOOKS, seed=5)
-    return EvalInputs(str(root / "items.parquet"), str(root / "samples.parquet"), str(root / "sid_map.parquet"),
-                      str(model), root)
+    inputs = EvalInputs(str(root / "items.parquet"), str(root / "samples.parquet"), str(root / "sid_map.parquet"),
+                        str(model), root)
+    inputs.rankings = baseline_rankings(inputs, root / "baselines")
+    return inputs
+
+
+def baseline_rankings(inputs: EvalInputs, out: Path) -> str:
+    """The baselines stage's rankings of the inputs' valid and test rows (SASRec: 2 epochs)."""
+    from components.baselines import STAGE
+    from components.common.stage import cli_context
+
+    ctx = cli_context({}, "test", "baselines", str(out), None, "h")
+    outputs = {name: str(out / kind.file) for name, kind in STAGE.outputs.items()}
+    cfg = parse_section(STAGE.config, {"sasrec": {"epochs": 2}}, "baselines")
+    STAGE.execute(cfg, ctx, {"samples": inputs.samples, "sid_map": inputs.sid_map}, outputs)
+    return outputs["rankings"]

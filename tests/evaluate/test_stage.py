@@ -13,29 +13,31 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from components.common import modeling, storage
+from components.common import artifacts, storage
 from components.common.config import ConfigError, parse_section
 from components.common.constrained import MissingSidTokensError
-from components.common.stage import cli_context
-from components.evaluate.config import EvaluateConfig
-from components.evaluate.data import EvaluationInputError
-from components.evaluate.report import format_metrics_table, pick_examples
-from components.evaluate.stage import STAGE
+from components.common.errors import InputError
 from components.common.registry import PreviousModel
+from components.common.stage import cli_context
+from components.common.training import backbone
+from components.evaluate import STAGE
+from components.evaluate.config import EvaluateConfig
+from components.evaluate.report import format_metrics_table, pick_examples
 from tests.evaluate.conftest import CODEBOOKS, sid_map_table
 from tests.tiny_sid_model import build_sid_model
 
 FAST = {"max_examples": 6, "beam_width": 10, "max_reasoning_tokens": 6, "batch_size": 4,
-        "reasoning_batch_size": 3, "report_users": 3, "sasrec": {"epochs": 2}}
+        "reasoning_batch_size": 3, "report_users": 3}
 
 
-def run_stage(tmp_path: Path, inputs, overrides: dict | None = None, **replace: str):
+def run_stage(tmp_path: Path, inputs, overrides: dict | None = None, baselines: bool = True, **replace: str):
+    """Evaluate ``inputs`` (with the baselines' rankings unless ``baselines`` is false)."""
     cfg = parse_section(EvaluateConfig, {**FAST, **(overrides or {})}, "evaluate")
     out = tmp_path / "out"
     ctx = cli_context({"storage": {"cache_uri": str(tmp_path / "cache")}}, "test", "evaluate", str(out), None, "h")
     uris = {"model": inputs.model, "sid_map": inputs.sid_map, "items": inputs.items, "samples": inputs.samples,
-            **replace}
-    outputs = {name: str(out / fname) for name, fname in STAGE.outputs.items()}
+            **({"rankings": inputs.rankings} if baselines else {}), **replace}
+    outputs = {name: str(out / kind.file) for name, kind in STAGE.outputs.items()}
     meta = STAGE.execute(cfg, ctx, uris, outputs)
     return outputs, meta
 
@@ -83,7 +85,6 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
     stats = storage.read_json(outputs["stats"])
     assert stats["decoding"]["direct"]["valid_rate"] == 1.0
     assert 0 <= stats["decoding"]["thinking"]["reasoning_closed_rate"] <= 1
-    assert stats["baselines"]["sasrec"]["epochs_run"] == 2
 
     page = Path(outputs["report"]).read_text()
     parser = _Collect()
@@ -111,7 +112,7 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
 
 def test_wider_beam_reports_more_k_and_both_splits(eval_inputs, tmp_path):
     outputs, _ = run_stage(tmp_path, eval_inputs, {"beam_width": 20, "modes": ["direct"], "max_examples": 3,
-                                                   "splits": ["valid", "test"], "baselines": ["popularity"]})
+                                                   "splits": ["valid", "test"]})
     metrics = pq.read_table(outputs["metrics"]).to_pandas()
     assert sorted(metrics["k"].unique()) == [1, 3, 5, 10, 20]
     assert set(metrics["split"]) == {"valid", "test", "all"}
@@ -130,7 +131,7 @@ def test_beam_below_largest_k_is_a_config_error():
 
 
 def test_checkpoint_lacking_sid_tokens_fails_before_decoding(eval_inputs, tmp_path):
-    plain = modeling.build_tiny_backbone(tmp_path / "plain", ["pens and paper"] * 10, vocab_size=280)
+    plain = backbone.build_tiny_backbone(tmp_path / "plain", ["pens and paper"] * 10, vocab_size=280)
     with pytest.raises(MissingSidTokensError, match="lacks"):
         run_stage(tmp_path, eval_inputs, model=str(plain))
     assert not (tmp_path / "out" / "metrics.parquet").exists()
@@ -140,7 +141,7 @@ def test_empty_test_split_fails(eval_inputs, tmp_path):
     samples = pq.read_table(eval_inputs.samples)
     no_test = samples.filter(pa.compute.not_equal(samples["split"], "test"))
     pq.write_table(no_test, tmp_path / "samples.parquet")
-    with pytest.raises(EvaluationInputError, match="'test' split is empty"):
+    with pytest.raises(InputError, match="'test' split is empty"):
         run_stage(tmp_path, eval_inputs, samples=str(tmp_path / "samples.parquet"))
 
 
@@ -151,11 +152,26 @@ def test_collided_sids_and_missing_columns_fail(eval_inputs, tmp_path):
     sids[1], codes[1] = sids[0], codes[0]
     collided = table.set_column(2, "sid", pa.array(sids)).set_column(1, "codes", pa.array(codes, pa.list_(pa.int32())))
     pq.write_table(collided, tmp_path / "collided.parquet")
-    with pytest.raises(EvaluationInputError, match="is shared by items"):
+    with pytest.raises(InputError, match=r"collided\.parquet row 1 .*SID \S+ already belongs to row 0"):
         run_stage(tmp_path, eval_inputs, sid_map=str(tmp_path / "collided.parquet"))
     pq.write_table(table.drop(["status"]), tmp_path / "nostatus.parquet")
-    with pytest.raises(EvaluationInputError, match=r"missing column\(s\) \['status'\]"):
+    with pytest.raises(InputError, match=r"missing column\(s\) \['status'\]"):
         run_stage(tmp_path, eval_inputs, sid_map=str(tmp_path / "nostatus.parquet"))
+
+
+def test_a_model_of_another_sid_space_is_refused_before_decoding(eval_inputs, tmp_path):
+    """The model knows every SID token, but was trained on another quantization run's SIDs."""
+    model = tmp_path / "model"
+    shutil.copytree(eval_inputs.model, model)
+    artifacts.write_model_record(str(model), artifacts.ModelRecord(sid_space="sha256:" + "a" * 64,
+                                                                   sid_map_digest=None, stage="grpo"),
+                                 artifacts.model_sid_vocabulary(eval_inputs.model))
+    table = artifacts.with_sid_space(pq.read_table(eval_inputs.sid_map), "sha256:" + "b" * 64)
+    pq.write_table(table, tmp_path / "sid_map.parquet")
+    with pytest.raises(InputError, match=r"sid_map .*sid_map\.parquet is of SID space sha256:bbbbbbbb.*, but model "
+                                         r".*model is of SID space sha256:aaaaaaaa.*different quantization runs"):
+        run_stage(tmp_path, eval_inputs, model=str(model), sid_map=str(tmp_path / "sid_map.parquet"))
+    assert not (tmp_path / "out").exists()
 
 
 def test_retired_items_leave_the_catalog_but_stay_in_histories(eval_inputs, tmp_path):
@@ -163,7 +179,7 @@ def test_retired_items_leave_the_catalog_but_stay_in_histories(eval_inputs, tmp_
     first_history_item = samples[samples["split"] == "test"]["history"].iloc[0][0]
     items = pq.read_table(eval_inputs.sid_map)["item_id"].to_pylist()
     pq.write_table(sid_map_table(items, {first_history_item: "retired"}), tmp_path / "sid_map.parquet")
-    outputs, _ = run_stage(tmp_path, eval_inputs, {"modes": ["direct"], "baselines": ["popularity"]},
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"modes": ["direct"]}, baselines=False,
                            sid_map=str(tmp_path / "sid_map.parquet"))
     predictions = pq.read_table(outputs["predictions"]).to_pandas()
     assert not any(first_history_item in ranked for ranked in predictions["ranked_items"])
@@ -181,9 +197,9 @@ def _previous(path: Path, model_uri: str | None) -> str:
 def test_a_scheduled_run_scores_the_production_model_on_the_same_rows(eval_inputs, tmp_path):
     production = build_sid_model(tmp_path / "production", CODEBOOKS, seed=9)
     previous = _previous(tmp_path / "previous.json", str(production))
-    outputs, _ = run_stage(tmp_path, eval_inputs, {"baselines": ["popularity"]}, previous=previous)
+    outputs, _ = run_stage(tmp_path, eval_inputs, baselines=False, previous=previous)
     metrics = pq.read_table(outputs["metrics"]).to_pandas()
-    assert set(metrics["model"]) == {"sidreasoner", "production", "popularity"}
+    assert set(metrics["model"]) == {"sidreasoner", "production"}
     assert set(metrics[metrics["model"] == "production"]["mode"]) == {"thinking", "direct"}
     predictions = pq.read_table(outputs["predictions"]).to_pandas()
     rows = {model: sorted(g["row"]) for model, g in predictions.groupby("model")}
@@ -201,7 +217,7 @@ def test_new_items_the_production_model_cannot_name_count_as_its_misses(eval_inp
     item with first code 3): it is scored over the SIDs it can name."""
     production = build_sid_model(tmp_path / "production", (3, 6, 6), seed=9)
     previous = _previous(tmp_path / "previous.json", str(production))
-    outputs, _ = run_stage(tmp_path, eval_inputs, {"modes": ["direct"], "baselines": []}, previous=previous)
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"modes": ["direct"]}, baselines=False, previous=previous)
     predictions = pq.read_table(outputs["predictions"]).to_pandas()
     theirs = predictions[predictions["model"] == "production"]
     assert len(theirs) == 6 and all(len(sids) == 10 for sids in theirs["ranked_sids"])
@@ -215,9 +231,10 @@ def test_new_items_the_production_model_cannot_name_count_as_its_misses(eval_inp
 def test_the_production_model_is_not_scored_when_it_cannot_or_should_not_be(eval_inputs, tmp_path, case):
     model_uri = None if case == "first run" else str(build_sid_model(tmp_path / "production", CODEBOOKS, seed=9))
     if case == "other vocabulary":  # SID tokens of this catalog missing from the production model
-        model_uri = str(modeling.build_tiny_backbone(tmp_path / "plain", ["pens and paper"] * 10, vocab_size=280))
-    overrides = {"modes": ["direct"], "baselines": [], "score_production": case != "switched off"}
-    outputs, _ = run_stage(tmp_path, eval_inputs, overrides, previous=_previous(tmp_path / "previous.json", model_uri))
+        model_uri = str(backbone.build_tiny_backbone(tmp_path / "plain", ["pens and paper"] * 10, vocab_size=280))
+    overrides = {"modes": ["direct"], "score_production": case != "switched off"}
+    outputs, _ = run_stage(tmp_path, eval_inputs, overrides, baselines=False,
+                           previous=_previous(tmp_path / "previous.json", model_uri))
     assert set(pq.read_table(outputs["metrics"]).to_pandas()["model"]) == {"sidreasoner"}
     info = storage.read_json(outputs["stats"])["production"]
     assert not info["scored"]
@@ -233,10 +250,10 @@ def test_model_name_must_not_be_another_models_name():
 def test_component_compiles_with_typed_artifacts(tmp_path):
     from kfp import compiler
 
-    from components.evaluate import component
+    from pipeline.dag import build_component
 
     path = tmp_path / "evaluate.yaml"
-    compiler.Compiler().compile(component.build("registry/evaluate:tag"), str(path))
+    compiler.Compiler().compile(build_component(STAGE, "registry/evaluate:tag"), str(path))
     spec = path.read_text()
     for name, kind in (("model", "system.Model"), ("sid_map", "system.Dataset"), ("report", "system.HTML"),
                        ("metrics", "system.Dataset"), ("stats", "system.Artifact")):

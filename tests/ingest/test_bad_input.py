@@ -10,9 +10,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.common.stage import StageContext
+from components.ingest import STAGE
 from components.ingest.preprocess import preprocess
 from components.ingest.readers import IngestError, read_catalog
-from components.ingest.stage import STAGE
 from tests.ingest.helpers import config, grid_interactions, write_jsonl
 
 
@@ -164,7 +164,7 @@ def test_stage_failure_leaves_no_output(tmp_path, mlflow_server):
     ctx = StageContext(run_key="cli-bad", pipeline_name="t", profile="t", config_hash="x",
                        tracking_uri=mlflow_server, experiment="ingest-bad", cache_uri=str(tmp_path / "c"),
                        seed=1, final_stage="ingest")
-    outputs = {name: str(out / fname) for name, fname in STAGE.outputs.items()}
+    outputs = {name: str(out / kind.file) for name, kind in STAGE.outputs.items()}
     with pytest.raises(IngestError, match="line 2: malformed JSON"):
         STAGE.execute(cfg, ctx, {}, outputs)
     assert list(out.iterdir()) == []

@@ -10,10 +10,9 @@ import sys
 import pytest
 import yaml
 
-from components.common import lineage
 from pipeline import cli
-from pipeline.config import CONFIG_DIR, STAGES
-from pipeline.dag import STAGE_OUTPUTS, output_name
+from pipeline.config import CONFIG_DIR, DECLARATIONS, STAGES
+from pipeline.dag import output_name
 from tests.pipeline.kfp_api import FakeKfpApi
 
 CLUSTER = [
@@ -72,7 +71,7 @@ def test_compile_writes_ir_with_images_resources_and_platform(tmp_path, monkeypa
     assert k8s["emptyDirMounts"][0]["mountPath"] == "/dev/shm"
     assert k8s["podMetadata"]["labels"]["sidreasoner/stage"] == "ingest"
     assert set(spec["root"]["outputDefinitions"]["artifacts"]) == {
-        output_name(stage, name) for stage, outs in STAGE_OUTPUTS.items() for name in outs}
+        output_name(stage, name) for stage, decl in DECLARATIONS.items() for name in decl.outputs}
     for stage in STAGES:  # every task runs in its own stage image
         image = executors[f"exec-{stage.replace('_', '-')}"]["container"]["image"]
         assert image == f"europe-docker.pkg.dev/p/sid/{stage.replace('_', '-')}:abc123"
@@ -85,6 +84,10 @@ def test_compile_writes_ir_with_images_resources_and_platform(tmp_path, monkeypa
         assert tasks[consumer]["inputs"]["artifacts"]["previous"]["taskOutputArtifact"] == {
             "producerTask": "previous-model", "outputArtifactKey": "previous"}
     assert tasks["promote"]["inputs"]["artifacts"]["metrics"]["taskOutputArtifact"]["producerTask"] == "evaluate"
+    # the baselines train on a CPU step of their own, beside training; evaluate reads their rankings
+    assert set(tasks["baselines"]["dependentTasks"]) == {"ingest", "sid-quantize"}
+    assert tasks["evaluate"]["inputs"]["artifacts"]["rankings"]["taskOutputArtifact"] == {
+        "producerTask": "baselines", "outputArtifactKey": "rankings"}
     sid_task = spec["root"]["dag"]["tasks"]["sid-quantize"]
     assert sid_task["inputs"]["artifacts"]["items"]["taskOutputArtifact"] == {
         "producerTask": "ingest", "outputArtifactKey": "items"}

@@ -14,7 +14,7 @@ import yaml
 from components.common.config import load_yaml
 from components.ingest.config import IngestConfig
 from pipeline import cli
-from pipeline.config import CONFIG_DIR, STAGES, TRAINING_STAGES, RunConfig, load_config
+from pipeline.config import CONFIG_DIR, STAGES, RunConfig, load_config
 
 REPO = Path(__file__).resolve().parents[2]
 PROFILES = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
@@ -28,6 +28,7 @@ LOCAL_PROFILES = ("demo", "office-tiny")
 DATASET_KEYS = {"run.name", "ingest.files.reviews", "ingest.files.meta", "tracking.experiment",
                 "retrain.registered_model"}
 GPU_STAGES = {"sid_quantize": 1, "align_sft": 4, "reason_sft": 4, "grpo": 4, "evaluate": 2}
+TRAINING_STAGES = ("align_sft", "reason_sft", "grpo")
 REGISTRY, TAG = "registry.test/team/sidreasoner", "0a1b2c3"
 
 
@@ -190,8 +191,9 @@ def test_gpu_profiles_are_the_recipe(profile):
     assert cfg.align_sft.backbone.uri.startswith("gs://") and cfg.align_sft.backbone.uri.endswith("/Qwen3-1.7B")
     ev = cfg.evaluate
     assert (ev.beam_width, ev.shards, ev.engine, ev.max_reasoning_tokens, ev.max_examples) == (10, 2, "vllm", 1024, None)
-    assert set(ev.modes) == {"thinking", "direct"} and ev.baselines == ["popularity", "sasrec"]
-    assert (ev.sasrec.hidden_size, ev.sasrec.dropout, ev.sasrec.learning_rate) == (32, 0.3, 1e-3)
+    assert set(ev.modes) == {"thinking", "direct"} and cfg.baselines.models == ["popularity", "sasrec"]
+    sasrec = cfg.baselines.sasrec
+    assert (sasrec.hidden_size, sasrec.dropout, sasrec.learning_rate) == (32, 0.3, 1e-3)
     assert cfg.tracking.uri == "http://mlflow.sidreasoner.svc.cluster.local:5000"
     assert cfg.storage.pipeline_root.startswith("gs://") and cfg.storage.cache_uri.startswith("gs://")
 
@@ -218,8 +220,8 @@ def test_office_tiny_reads_the_shared_pack_by_default_or_another_copy():
         ("release", "../shared/data/amazon18-office", True)
     assert load_config("office-tiny", ["ingest.source=gs://bucket/office"])[0].ingest.source == "gs://bucket/office"
     assert cfg.teacher_corpus.teacher.backend == "offline" and cfg.align_sft.backbone.tiny is not None
-    assert cfg.evaluate.baselines == ["popularity", "sasrec"]
-    assert (cfg.evaluate.sasrec.hidden_size, cfg.evaluate.sasrec.dropout, cfg.evaluate.sasrec.learning_rate) == \
+    assert cfg.baselines.models == ["popularity", "sasrec"]
+    assert (cfg.baselines.sasrec.hidden_size, cfg.baselines.sasrec.dropout, cfg.baselines.sasrec.learning_rate) == \
         (32, 0.3, 1e-3)
 
 

@@ -106,8 +106,7 @@ def image_lock(build: Build) -> dict[str, Pin]:
 
 
 def stage_packages() -> list[str]:
-    """Every stage in components/: a package whose stage.py declares ``STAGE`` (components/common's
-    stage.py is the protocol itself)."""
+    """Every stage in components/: a package whose ``__init__.py`` declares ``STAGE``."""
     def declares_stage(path: Path) -> bool:
         for node in ast.parse(path.read_text()).body:
             targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
@@ -115,7 +114,7 @@ def stage_packages() -> list[str]:
                 return True
         return False
 
-    return sorted(p.parent.name for p in COMPONENTS.glob("*/stage.py") if declares_stage(p))
+    return sorted(p.parent.name for p in COMPONENTS.glob("*/__init__.py") if declares_stage(p))
 
 
 def _module_file(module: str) -> Path | None:

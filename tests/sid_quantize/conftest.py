@@ -14,16 +14,22 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.common import storage
+from components.common import artifacts, storage
+from components.common.artifacts import items_table
 from components.common.config import parse_section
 from components.common.stage import StageContext
 from components.ingest.config import IngestConfig
 from components.ingest.preprocess import preprocess
 from components.ingest.readers import read_catalog
-from components.ingest.stage import items_table
+from components.sid_quantize import STAGE
 from components.sid_quantize.config import EncoderConfig, SidQuantizeConfig
 from components.sid_quantize.encoders import Embeddings, embed_items
-from components.sid_quantize.stage import STAGE, read_items
+
+
+def read_items(uri: str):
+    """The items artifact as the stage reads it (a DataFrame)."""
+    return artifacts.read_items(uri).frame()
+
 
 #: Encoder settings of every Office test (the cache key includes them).
 OFFICE_ENCODER = {"max_length": 32}
@@ -65,7 +71,7 @@ def run_stage(section: dict[str, Any], items: str, out: Path, *, cache_uri: str,
     ctx = StageContext(run_key=f"cli-test-{out.name}", pipeline_name="t", profile="test", config_hash="x",
                        tracking_uri=tracking_uri, experiment="sid-quantize-tests", cache_uri=cache_uri, seed=seed,
                        final_stage="sid_quantize")
-    outputs = {name: str(out / fname) for name, fname in STAGE.outputs.items()}
+    outputs = {name: str(out / kind.file) for name, kind in STAGE.outputs.items()}
     return outputs, STAGE.execute(cfg, ctx, {"items": items}, outputs)
 
 

@@ -8,10 +8,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.common.config import ConfigError, parse_section
+from components.common.errors import InputError
 from components.sid_quantize.config import SidQuantizeConfig
 from components.sid_quantize.encoders import EmbeddingError
 from components.sid_quantize.quantizer import CodebooksError
-from components.sid_quantize.sid_map import SidMapError
 from components.sid_quantize.stage import QuantizeError
 from tests.sid_quantize.conftest import hashed_vectors, run_stage, synthetic_items, write_items
 
@@ -41,25 +41,26 @@ def test_valid_baseline(stage, hashed_encoder, tmp_path):
 
 
 def test_empty_catalog(stage, hashed_encoder, tmp_path):
-    fails(stage, tmp_path, SMALL, write_items(synthetic_items(1).iloc[:0], tmp_path / "items.parquet"), QuantizeError,
-          r"items\.parquet: the catalog is empty")
+    fails(stage, tmp_path, SMALL, write_items(synthetic_items(1).iloc[:0], tmp_path / "items.parquet"), InputError,
+          r"items .*items\.parquet: no rows")
 
 
 def test_missing_column_and_wrong_id_type(stage, hashed_encoder, tmp_path):
     items = synthetic_items(20)
     pq.write_table(pa.Table.from_pandas(items.drop(columns=["brand"]), preserve_index=False), tmp_path / "a.parquet")
-    fails(stage, tmp_path, SMALL, str(tmp_path / "a.parquet"), QuantizeError,
-          r"a\.parquet: missing column\(s\) \['brand'\]")
+    fails(stage, tmp_path, SMALL, str(tmp_path / "a.parquet"), InputError,
+          r"input items .*a\.parquet: missing column\(s\) \['brand'\]")
     items["item_id"] = range(20)
     pq.write_table(pa.Table.from_pandas(items, preserve_index=False), tmp_path / "b.parquet")
-    fails(stage, tmp_path, SMALL, str(tmp_path / "b.parquet"), QuantizeError, "item_id must be strings, got int64")
+    fails(stage, tmp_path, SMALL, str(tmp_path / "b.parquet"), InputError,
+          "column 'item_id' has type int64, expected string")
 
 
 def test_duplicate_item_ids(stage, hashed_encoder, tmp_path):
     items = synthetic_items(20)
     items.loc[7, "item_id"] = "i3"
-    fails(stage, tmp_path, SMALL, write_items(items, tmp_path / "items.parquet"), QuantizeError,
-          "duplicate item_id 'i3' at row 7")
+    fails(stage, tmp_path, SMALL, write_items(items, tmp_path / "items.parquet"), InputError,
+          r"items\.parquet row 7: duplicate item_id 'i3'")
 
 
 def test_items_with_empty_text(stage, hashed_encoder, tmp_path):
@@ -132,7 +133,7 @@ def test_incremental_with_a_broken_previous_run(stage, hashed_encoder, tmp_path)
     pq.write_table(pa.Table.from_pandas(sid_map, preserve_index=False), tmp_path / "dup.parquet")
     section = {**SMALL, "incremental": {"previous_sid_map": str(tmp_path / "dup.parquet"),
                                         "previous_codebooks": first["codebooks"]}}
-    fails(stage, tmp_path, section, v2, SidMapError, r"dup\.parquet row 5 \(item_id 'i5'\): SID .* repeats row 4")
+    fails(stage, tmp_path, section, v2, InputError, r"dup\.parquet row 5 \(item 'i5'\): SID .* already belongs to row 4")
     section["incremental"]["previous_codebooks"] = str(tmp_path / "nowhere")
     fails(stage, tmp_path, section, v2, CodebooksError, "previous_codebooks: .*nowhere does not exist")
     section["incremental"]["previous_codebooks"] = first["sid_map"]
@@ -147,3 +148,15 @@ def test_incremental_run_that_would_need_more_sids_than_the_codebooks_hold(stage
     fails(stage, tmp_path, section, write_items(synthetic_items(30, prefix="n"), tmp_path / "v2.parquet"),
           QuantizeError, r"40 SIDs of the previous run .* need 70 distinct SIDs; .* express only 64")
     assert len(hashed_encoder) == calls  # refused before embedding
+
+
+def test_incremental_refuses_codebooks_of_another_quantization_run(stage, hashed_encoder, tmp_path, tracking_uri):
+    """Sizes that match are not enough: a sid_map is bound to the codebooks that made it."""
+    items = write_items(synthetic_items(100), tmp_path / "v1.parquet")
+    first, _ = stage(SMALL, items, name="first")
+    other, _ = run_stage(SMALL, items, tmp_path / "other", cache_uri=str(tmp_path / "cache"),
+                         tracking_uri=tracking_uri, seed=7)
+    section = {**SMALL, "incremental": {"previous_sid_map": first["sid_map"], "previous_codebooks": other["codebooks"]}}
+    fails(stage, tmp_path, section, write_items(synthetic_items(110), tmp_path / "v2.parquet"), InputError,
+          r"previous sid_map .*first/sid_map\.parquet is of SID space \S+, but previous codebooks .*other/codebooks "
+          r"is of SID space \S+: they come from different quantization runs")

@@ -13,8 +13,7 @@ import pytest
 
 from components.common.sid import parse_sid, split_tokens, vocabulary
 from components.sid_quantize.encoders import read_embeddings
-from components.sid_quantize.stage import read_items
-from tests.sid_quantize.conftest import OFFICE_ENCODER, OFFICE_RQ_KMEANS, run_stage, write_items
+from tests.sid_quantize.conftest import OFFICE_ENCODER, OFFICE_RQ_KMEANS, read_items, run_stage, write_items
 
 TINY_RQ_VAE = {"method": "rq_vae", "encoder": OFFICE_ENCODER, "cpu_threads": 1,
                "rq_vae": {"hidden_dims": [256, 128], "epochs": 20, "eval_every": 10, "warmup_epochs": 5,

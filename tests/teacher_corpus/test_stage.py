@@ -19,9 +19,10 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from components.common.artifacts import read_catalog
 from components.common.sid import find_sids
-from components.teacher_corpus.data import read_catalog
-from components.teacher_corpus.stage import STAGE, BudgetStop, run
+from components.teacher_corpus import STAGE
+from components.teacher_corpus.stage import BudgetStop, run
 from components.teacher_corpus.teacher import TeacherError
 from components.teacher_corpus.validation import mentions_title
 from tests.teacher_corpus.helpers import (
@@ -72,7 +73,7 @@ class BadTeacher:
 def test_faults_and_bad_outputs_end_to_end(tmp_path, api_key, mlflow_server, caplog):
     caplog.set_level(logging.DEBUG)
     paths = _inputs(tmp_path)
-    catalog = read_catalog(paths["items"], paths["sid_map"])
+    catalog = read_catalog(paths["sid_map"], paths["items"])
     leaker_target = catalog.items["i1"]  # the target of toy user 3's last train sample
     bad = BadTeacher(catalog, always_leak_title=leaker_target.title)
     out = outputs(tmp_path / "out")
@@ -108,7 +109,7 @@ def test_faults_and_bad_outputs_end_to_end(tmp_path, api_key, mlflow_server, cap
         assert not mentions_title(row["reasoning"], catalog.items[row["target_item_id"]].title)
         assert row["target_item_id"] != leaker_target.item_id
     text = " ".join(str(v) for row in corpus + reasoning for v in row.values())
-    assert set(find_sids(text, 3)) <= catalog.sids and INVENTED not in text
+    assert set(find_sids(text, 3)) <= set(catalog.sids) and INVENTED not in text
     teacher_rows = [r for r in corpus if r["source"] == "teacher"]
     assert {r["teacher_model"] for r in teacher_rows} == {"openai/teacher"}
     assert all(r["loss"] == "full" and r["messages"] == [] and r["text"] for r in teacher_rows)

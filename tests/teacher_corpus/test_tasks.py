@@ -5,9 +5,10 @@ from __future__ import annotations
 import pyarrow.parquet as pq
 import pytest
 
+from components.common.artifacts import read_catalog
 from components.common.prompts import direct_messages
 from components.common.sid import find_sids
-from components.teacher_corpus.data import read_catalog, read_train_samples
+from components.teacher_corpus.data import read_train_samples
 from components.teacher_corpus.stage import run
 from components.teacher_corpus.tasks import build_tasks
 from tests.teacher_corpus.helpers import (
@@ -25,7 +26,7 @@ NEXT_ITEM = ("sid_history_to_sid", "sid_history_to_title", "title_history_to_sid
 
 def _load(tmp_path, **kwargs):
     paths = write_inputs(tmp_path / "in", **kwargs)
-    catalog = read_catalog(paths["items"], paths["sid_map"])
+    catalog = read_catalog(paths["sid_map"], paths["items"])
     train, _ = read_train_samples(paths["samples"], catalog)
     return paths, catalog, train
 
@@ -40,7 +41,7 @@ def _run_stage(tmp_path, **section):
 @pytest.mark.parametrize("scope", ["catalog", "train"])
 def test_no_valid_or_test_sample_reaches_the_corpus(tmp_path, scope):
     corpus, reasoning = _run_stage(tmp_path, tasks={"item_scope": scope}, teacher={"backend": "offline"})
-    catalog = read_catalog(str(tmp_path / "in/items.parquet"), str(tmp_path / "in/sid_map.parquet"))
+    catalog = read_catalog(str(tmp_path / "in/sid_map.parquet"), str(tmp_path / "in/items.parquet"))
     held_sids = {catalog.sid(i) for i in HELD_OUT}
     train = {(u, tuple(h), t) for u, h, t, _, split in toy_samples() if split == "train"}
     train_targets = {t for _, _, t in train}

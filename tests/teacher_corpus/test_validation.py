@@ -6,9 +6,9 @@ import asyncio
 
 import pytest
 
+from components.common.artifacts import Catalog, Item, Sample
 from components.teacher_corpus import validation as v
 from components.teacher_corpus.config import LengthBounds
-from components.teacher_corpus.data import Catalog, Item, Sample
 from components.teacher_corpus.enrich import Enricher, OfflineWriter, Review, build_jobs
 from tests.teacher_corpus.helpers import config
 
@@ -78,12 +78,13 @@ def test_offline_writer_passes_validation_including_repeat_purchases():
     items = {f"i{k}": _item(k, ["Pens", "Paper", "Labels"][k % 3], brand=["Acme", ""][k % 2],
                             description="" if k % 4 == 0 else "Sturdy. Useful for daily work.")
              for k in range(12)}
-    catalog = Catalog(items=items, levels=3, retired=frozenset())
+    catalog = Catalog(item_ids=tuple(items), sid_of={k: item.sid for k, item in items.items()}, levels=3,
+                      tokens=(), sid_space=None, items=items)
     samples = [
-        Sample("u1", ("i0",), "i1", 1),
-        Sample("u2", ("i1", "i2", "i3", "i4", "i5"), "i6", 2),
-        Sample("u3", ("i7", "i8", "i7"), "i7", 3),  # the target was bought before: never named
-        Sample("u4", ("i9",), "i9", 4),
+        Sample(0, "u1", ("i0",), "i1", 1, "train"),
+        Sample(1, "u2", ("i1", "i2", "i3", "i4", "i5"), "i6", 2, "train"),
+        Sample(2, "u3", ("i7", "i8", "i7"), "i7", 3, "train"),  # the target was bought before: never named
+        Sample(3, "u4", ("i9",), "i9", 4, "train"),
     ]
     enricher = Enricher(OfflineWriter(), catalog, config().validation, Review(5, 0))
     asyncio.run(enricher.run(build_jobs(catalog, sorted(items), samples), width=1, seed=0))

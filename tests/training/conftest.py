@@ -36,7 +36,7 @@ def tiny_backbone(tmp_path_factory, synthetic) -> Path:
 
     Hidden size 128: the smallest that learns the reasoning format in a few dozen steps.
     """
-    from components.align_sft.backbone import build_tiny
+    from components.common.training.backbone import build_tiny
 
     return build_tiny(tmp_path_factory.mktemp("backbone") / "tiny", synthetic["items"], synthetic["corpus"],
                       seed=0, vocab_size=400, hidden_size=128, intermediate_size=256)

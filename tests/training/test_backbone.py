@@ -7,9 +7,9 @@ import json
 
 import pytest
 
-from components.align_sft import backbone
-from components.common import modeling, storage
+from components.common import artifacts, modeling, storage
 from components.common.config import ConfigError
+from components.common.training import backbone
 from pipeline.cli import main
 
 
@@ -20,8 +20,8 @@ def test_tiny_backbone_command(tmp_path, synthetic, capsys):
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"out": str(out), "sid_tokens_added": 8}
     assert modeling.check_causal_lm(out) == "qwen3"
     model, tokenizer = modeling.load_causal_lm(out)
-    vocabulary = modeling.sid_vocabulary(out)
-    assert vocabulary == sorted(vocabulary) and len(vocabulary) == 8
+    vocabulary = artifacts.model_sid_vocabulary(str(out))
+    assert len(vocabulary) == 8
     assert model.get_input_embeddings().num_embeddings == len(tokenizer)
     # SID tokens are atomic normal tokens; catalog words were learnt by the BPE merges
     assert tokenizer.tokenize("<a_1><b_2><c_1>") == ["<a_1>", "<b_2>", "<c_1>"]

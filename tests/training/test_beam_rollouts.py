@@ -18,9 +18,12 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from components.common import modeling, prompts, sid, training
+from components.common import artifacts, modeling, prompts, sid
 from components.common.config import ConfigError, parse_section
 from components.common.constrained_vllm import SidTrieVllmLogitsProcessor
+from components.common.training import grpo as grpo_engine
+from components.common.training import launch
+from components.common.training.settings import GRPOSettings, settings_of
 from components.grpo import beam, rewards
 from components.grpo.config import GRPOStageConfig, RewardConfig
 from components.grpo.stage import check_beam_layout, check_beam_tokens
@@ -288,8 +291,6 @@ def test_rollout_func_runs_real_grpo_steps(tiny, tmp_path):
     holds the target at some rank and the rank reward varies within it."""
     from datasets import Dataset
 
-    from components.grpo.train import grpo_arguments
-
     tokenizer = tiny.tokenizer
     catalog = CATALOG[:4]
     prompt_texts = texts(tokenizer, 4)
@@ -299,13 +300,19 @@ def test_rollout_func_runs_real_grpo_steps(tiny, tmp_path):
         **CPU, "learning_rate": 1e-3, "max_steps": 2, "num_generations": 8, "rollout_batch_size": 16,
         "per_device_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4},
         "rollout": {"engine": "hf", "max_completion_length": 16, "max_prompt_length": 512}}, "grpo")
-    job = training.TrainJob(entry="components.grpo.train:train_grpo", stage="grpo", payload={
-        "config": cfg.model_dump(mode="json"), "base_model": str(tiny.folder), "prompts": str(tmp_path / "prompts"),
-        "catalog": catalog, "sid_vocab": modeling.sid_vocabulary(tiny.folder), "gradient_accumulation_steps": 1,
-        "use_vllm": False}, output_dir=str(tmp_path / "ckpt"), final_dir=str(tmp_path / "final"),
-        checkpoint_uri=str(tmp_path / "remote"), checkpoint_every=100, keep_checkpoints=1)
-    assert grpo_arguments(cfg, job, 1, False, None, [1.0, 0.1])["vllm_importance_sampling_correction"] is False
-    training.run_entry(job)
+    payload = grpo_engine.GRPOPayload(
+        settings=settings_of(cfg, GRPOSettings), base_model=str(tiny.folder), prompts=str(tmp_path / "prompts"),
+        gradient_accumulation_steps=1, use_vllm=False, rewards="components.grpo.rewards:for_training",
+        reward_args={"reward": cfg.reward.model_dump(mode="json"), "catalog": catalog},
+        record=artifacts.ModelRecord(sid_space=None, sid_map_digest=None, stage="grpo"),
+        sid_vocab=sorted(artifacts.model_sid_vocabulary(str(tiny.folder))))
+    job = launch.TrainJob(entry=grpo_engine.ENTRY, stage="grpo", payload=payload.model_dump(mode="json"),
+                          output_dir=str(tmp_path / "ckpt"), final_dir=str(tmp_path / "final"),
+                          checkpoint_uri=str(tmp_path / "remote"), checkpoint_every=100, keep_checkpoints=1)
+    setup = grpo_engine.build_rewards(payload, tokenizer, job)
+    assert grpo_engine.grpo_arguments(payload.settings, job, 1, False, None, setup)[
+        "vllm_importance_sampling_correction"] is False
+    launch.run_entry(job)
 
     result = json.loads(job.result_path.read_text())
     steps = [r for r in result["log_history"] if "reward" in r]

@@ -7,15 +7,17 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from components.align_sft import backbone, data
-from components.common import prompts, storage
+from components.align_sft.stage import valid_histories
+from components.common import artifacts, prompts, storage
+from components.common.errors import InputError
+from components.common.training import backbone, sft
 from tests.training.conftest import CPU
 from tests.training.synthetic import item_sid
 
 
 @pytest.fixture(scope="module")
-def catalog(synthetic) -> data.Catalog:
-    return data.read_catalog(synthetic["sid_map"])
+def catalog(synthetic) -> artifacts.Catalog:
+    return artifacts.read_catalog(synthetic["sid_map"])
 
 
 @pytest.fixture(scope="module")
@@ -37,25 +39,25 @@ def unsupervised_text(tokenizer, ids, mask) -> str:
 
 def test_catalog_from_sid_map(catalog):
     assert catalog.levels == 3 and len(catalog.sids) == 16
-    assert catalog.item_sid["I5"] == item_sid(5)
+    assert catalog.sid_of["I5"] == item_sid(5)
     assert catalog.tokens[0] == "<a_0>" and "<c_1>" in catalog.tokens and len(catalog.tokens) == 2 + 4 + 2
 
 
 def test_chat_rows_supervise_the_answer_only(tokenizer, synthetic, catalog):
-    rows = data.read_corpus(synthetic["corpus"], catalog, tasks=["title2sid"])
-    encoded = data.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=512)
+    rows = artifacts.read_corpus(synthetic["corpus"], catalog, tasks=["title2sid"])
+    encoded = sft.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=512)
     ids, mask = encoded.input_ids[0], encoded.completion_mask[0]
     assert supervised_text(tokenizer, ids, mask) == item_sid(0)
     context = unsupervised_text(tokenizer, ids, mask)
     assert context.startswith("<|im_start|>user\nWhich item has the title")
     assert context.endswith("<|im_start|>assistant\n" + prompts.EMPTY_THINK + "<|im_end|>")  # then the end token
-    with_end = data.encode_corpus(tokenizer, rows[:1], supervise_end=True, max_length=512)
+    with_end = sft.encode_corpus(tokenizer, rows[:1], supervise_end=True, max_length=512)
     assert supervised_text(tokenizer, with_end.input_ids[0], with_end.completion_mask[0]) == item_sid(0) + "<|im_end|>"
 
 
 def test_narrative_rows_supervise_every_token_without_template(tokenizer, synthetic, catalog):
-    rows = data.read_corpus(synthetic["corpus"], catalog, tasks=["item_narrative"])
-    encoded = data.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=512)
+    rows = artifacts.read_corpus(synthetic["corpus"], catalog, tasks=["item_narrative"])
+    encoded = sft.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=512)
     ids, mask = encoded.input_ids[0], encoded.completion_mask[0]
     assert all(mask)
     assert tokenizer.decode(ids) == rows[0].text + "<|im_end|>"
@@ -63,8 +65,8 @@ def test_narrative_rows_supervise_every_token_without_template(tokenizer, synthe
 
 
 def test_reasoning_rows_supervise_think_block_sid_and_end(tokenizer, synthetic, catalog):
-    rows = data.read_reasoning(synthetic["reasoning"], catalog)
-    encoded = data.encode_reasoning(tokenizer, rows[:1], "reasoning", max_length=512)
+    rows = artifacts.read_reasoning(synthetic["reasoning"], catalog)
+    encoded = sft.encode_reasoning(tokenizer, rows[:1], "reasoning", max_length=512)
     ids, mask = encoded.input_ids[0], encoded.completion_mask[0]
     assert supervised_text(tokenizer, ids, mask) == \
         prompts.think_block(rows[0].reasoning) + rows[0].target_sid + "<|im_end|>"
@@ -73,9 +75,9 @@ def test_reasoning_rows_supervise_think_block_sid_and_end(tokenizer, synthetic, 
 
 
 def test_truncation_keeps_the_end(tokenizer, synthetic, catalog):
-    rows = data.read_corpus(synthetic["corpus"], catalog, tasks=["sid2sid"])
-    full = data.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=10_000)
-    cut = data.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=12)
+    rows = artifacts.read_corpus(synthetic["corpus"], catalog, tasks=["sid2sid"])
+    full = sft.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=10_000)
+    cut = sft.encode_corpus(tokenizer, rows[:1], supervise_end=False, max_length=12)
     assert cut.input_ids[0] == full.input_ids[0][-12:] and cut.completion_mask[0] == full.completion_mask[0][-12:]
     assert cut.stats()["truncated"] == {"sid2sid": 1}
 
@@ -86,8 +88,8 @@ def test_sft_trainer_labels_follow_the_masks(tmp_path, tokenizer, synthetic, cat
     from transformers import AutoModelForCausalLM, Qwen3Config
     from trl import SFTConfig, SFTTrainer
 
-    rows = data.read_corpus(synthetic["corpus"], catalog)
-    encoded = data.encode_corpus(tokenizer, rows, supervise_end=False, max_length=512)
+    rows = artifacts.read_corpus(synthetic["corpus"], catalog)
+    encoded = sft.encode_corpus(tokenizer, rows, supervise_end=False, max_length=512)
     model = AutoModelForCausalLM.from_config(Qwen3Config(
         vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
         num_attention_heads=2, num_key_value_heads=1, head_dim=8))
@@ -121,12 +123,12 @@ def rewrite(src: str, dst, changes: dict[tuple[int, str], object]) -> str:
 def test_corpus_sid_not_in_sid_map_is_rejected(tmp_path, synthetic, catalog):
     bad = rewrite(synthetic["corpus"], tmp_path / "corpus.parquet",
                   {(2, "text"): "Meet <a_1><b_3><c_7>, a new stapler."})
-    with pytest.raises(data.InputError, match=r"row 2 \(task 'item_narrative'\): SID <a_1><b_3><c_7> is not in"):
-        data.read_corpus(bad, catalog)
+    with pytest.raises(InputError, match=r"row 2 \(task 'item_narrative'\): SID <a_1><b_3><c_7> is not in"):
+        artifacts.read_corpus(bad, catalog)
     messages = [{"role": "user", "content": "Which item?"}, {"role": "assistant", "content": "<a_0><b_0><c_9>"}]
     bad = rewrite(synthetic["corpus"], tmp_path / "corpus2.parquet", {(0, "messages"): messages})
-    with pytest.raises(data.InputError, match="row 0 .*<a_0><b_0><c_9> is not in the sid_map"):
-        data.read_corpus(bad, catalog)
+    with pytest.raises(InputError, match="row 0 .*<a_0><b_0><c_9> is not in the sid_map"):
+        artifacts.read_corpus(bad, catalog)
 
 
 @pytest.mark.parametrize(("change", "message"), [
@@ -135,32 +137,32 @@ def test_corpus_sid_not_in_sid_map_is_rejected(tmp_path, synthetic, catalog):
     ({(2, "text"): " "}, "needs a non-empty text"),
 ])
 def test_malformed_corpus_rows_are_rejected(tmp_path, synthetic, catalog, change, message):
-    with pytest.raises(data.InputError, match=message):
-        data.read_corpus(rewrite(synthetic["corpus"], tmp_path / "c.parquet", change), catalog)
+    with pytest.raises(InputError, match=message):
+        artifacts.read_corpus(rewrite(synthetic["corpus"], tmp_path / "c.parquet", change), catalog)
 
 
 def test_unknown_task_and_missing_column(tmp_path, synthetic, catalog):
-    with pytest.raises(data.InputError, match=r"task\(s\) \['nope'\] requested but absent"):
-        data.read_corpus(synthetic["corpus"], catalog, tasks=["nope"])
+    with pytest.raises(InputError, match=r"task\(s\) \['nope'\] requested but absent"):
+        artifacts.read_corpus(synthetic["corpus"], catalog, tasks=["nope"])
     table = storage.read_parquet(synthetic["corpus"]).drop(["loss"])
     storage.write_parquet(table, tmp_path / "c.parquet")
-    with pytest.raises(data.InputError, match=r"missing column\(s\) \['loss'\]"):
-        data.read_corpus(str(tmp_path / "c.parquet"), catalog)
+    with pytest.raises(InputError, match=r"missing column\(s\) \['loss'\]"):
+        artifacts.read_corpus(str(tmp_path / "c.parquet"), catalog)
 
 
 @pytest.mark.parametrize(("change", "message"), [
-    ({(1, "sid"): item_sid(0), (1, "codes"): [0, 0, 0]}, "already belongs to item 'I0'"),
-    ({(1, "status"): "gone"}, "status 'gone' not in"),
+    ({(1, "sid"): item_sid(0), (1, "codes"): [0, 0, 0]}, "already belongs to row 0"),
+    ({(1, "status"): "gone"}, "status 'gone' is not one of"),
     ({(1, "codes"): [0, 0, 0]}, "do not match sid"),
 ])
 def test_bad_sid_maps_are_rejected(tmp_path, synthetic, change, message):
-    with pytest.raises(data.InputError, match=message):
-        data.read_catalog(rewrite(synthetic["sid_map"], tmp_path / "s.parquet", change))
+    with pytest.raises(InputError, match=message):
+        artifacts.read_catalog(rewrite(synthetic["sid_map"], tmp_path / "s.parquet", change))
 
 
 def test_retired_items_leave_the_catalog_but_keep_their_tokens(tmp_path, synthetic):
-    catalog = data.read_catalog(rewrite(synthetic["sid_map"], tmp_path / "s.parquet", {(15, "status"): "retired"}))
-    assert item_sid(15) not in catalog.sids and "I15" not in catalog.item_sid
+    catalog = artifacts.read_catalog(rewrite(synthetic["sid_map"], tmp_path / "s.parquet", {(15, "status"): "retired"}))
+    assert item_sid(15) not in catalog.sids and "I15" not in catalog.item_ids and "I15" in catalog.retired
     assert "<a_1>" in catalog.tokens
 
 
@@ -168,11 +170,11 @@ def test_valid_samples_and_reasoning_are_checked(tmp_path, synthetic, catalog):
     samples = storage.read_parquet(synthetic["samples"]).to_pylist()
     valid_row = next(i for i, r in enumerate(samples) if r["split"] == "valid")
     bad = rewrite(synthetic["samples"], tmp_path / "samples.parquet", {(valid_row, "target"): "I999"})
-    with pytest.raises(data.InputError, match=r"item\(s\) \['I999'\] have no SID"):
-        data.read_valid_histories(bad, catalog, None, 0)
-    histories = data.read_valid_histories(synthetic["samples"], catalog, None, 0)
+    with pytest.raises(InputError, match=r"item\(s\) \['I999'\] have no SID"):
+        valid_histories(bad, catalog, None, 0)
+    histories = valid_histories(synthetic["samples"], catalog, None, 0)
     assert histories and all(target in catalog.sids for _, target in histories)
     leak = rewrite(synthetic["reasoning"], tmp_path / "r.parquet",
                    {(0, "reasoning"): f"Obviously {storage.read_parquet(synthetic['reasoning'])['target_sid'][0]}."})
-    with pytest.raises(data.InputError, match="mentions the target SID"):
-        data.read_reasoning(leak, catalog)
+    with pytest.raises(InputError, match="names its target"):
+        artifacts.read_reasoning(leak, catalog)

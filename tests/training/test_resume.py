@@ -15,9 +15,10 @@ import pytest
 import torch
 import yaml
 
-from components.align_sft.stage import STAGE as ALIGN
-from components.common import storage, training
+from components.align_sft import STAGE as ALIGN
+from components.common import storage
 from components.common.config import parse_section
+from components.common.training import checkpoints as published
 from tests.training.conftest import context, weights
 
 MAX_STEPS = 40
@@ -46,7 +47,7 @@ def cli(config: Path, out: Path, tracking_uri: str, synthetic: dict[str, str]) -
 def wait_for_checkpoint(proc: subprocess.Popen, uri: str, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = training.complete_checkpoints(uri)
+        steps = published.complete(uri)
         if steps:
             return steps
         assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before publishing a checkpoint"
@@ -71,7 +72,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, synthetic, tracki
         first.wait()
         log.close()
     assert first.returncode == -signal.SIGKILL
-    saved = training.complete_checkpoints(checkpoints)
+    saved = published.complete(checkpoints)
     assert saved and saved[-1] < MAX_STEPS and not (out / "model").exists()
 
     second = subprocess.run(cli(config, out, tracking_uri, synthetic), env=env, capture_output=True, text=True,

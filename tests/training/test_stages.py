@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from components.align_sft.stage import STAGE as ALIGN
+from components.align_sft import STAGE as ALIGN
 from components.common import storage
 from components.common.config import ConfigError, parse_section
+from components.common.errors import InputError
 from components.common.lineage import _mlflow
-from components.grpo.stage import STAGE as GRPO
-from components.reason_sft.stage import STAGE as REASON
+from components.grpo import STAGE as GRPO
+from components.reason_sft import STAGE as REASON
 from tests.training.conftest import CPU, context, weights
 from tests.training.synthetic import write_reasoning
 
@@ -112,7 +113,7 @@ def logged_model(run: dict):
 
 
 def sid_tokens(synthetic) -> list[str]:
-    from components.align_sft.data import read_catalog
+    from components.common.artifacts import read_catalog
 
     return list(read_catalog(synthetic["sid_map"]).tokens)
 
@@ -210,7 +211,7 @@ def test_new_token_warmup_trains_only_the_sid_rows(tmp_path, synthetic, tiny_bac
         if name != "model.embed_tokens.weight":
             assert torch.equal(after[name], tensor), name
     # the new rows moved away from their mean initialisation (same seed -> same initial rows)
-    from components.align_sft.backbone import extend_with_sids
+    from components.common.training.backbone import extend_with_sids
 
     extend_with_sids(tiny_backbone, tmp_path / "base", sid_tokens(synthetic), tmp_path / "dl", seed=42)
     initial = weights(tmp_path / "base")["model.embed_tokens.weight"]
@@ -247,7 +248,7 @@ def test_backbone_that_is_not_a_causal_lm_is_refused(tmp_path, synthetic, tracki
 
 
 def test_reasoning_model_without_the_sid_tokens_is_refused(tmp_path, synthetic, tiny_backbone, tracking_uri):
-    with pytest.raises(ConfigError, match=r"no sid_vocab.json|lacks 8 SID token"):
+    with pytest.raises(InputError, match=r"input sft_model .*: lacks 8 SID token"):
         run_stage(REASON, {"eval_strategy": "no", "early_stopping_patience": None, "eval_fraction": 0}, tmp_path,
                   {"sft_model": str(tiny_backbone), "reasoning": synthetic["reasoning"],
                    "sid_map": synthetic["sid_map"]}, tracking_uri)

@@ -8,8 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from components.common import storage, training
+from components.common import storage
 from components.common.config import ConfigError, parse_section
+from components.common.training import checkpoints, launch
+from components.common.training.grpo import RewardSetup, grpo_arguments
+from components.common.training.settings import LaunchConfig, TrainerSettings
 from components.grpo import rollout
 from components.grpo.config import GRPOStageConfig
 
@@ -17,15 +20,16 @@ from components.grpo.config import GRPOStageConfig
 def test_launch_command_is_a_valid_accelerate_launch():
     from accelerate.commands.launch import launch_command_parser
 
-    launch = training.LaunchConfig(strategy="zero3", main_process_port=29555)
-    cmd = training.launch_command("/work/job.json", launch, num_processes=4, bf16=True)
+    settings = LaunchConfig(strategy="zero3", main_process_port=29555)
+    cmd = launch.launch_command("/work/job.json", settings, num_processes=4, bf16=True)
     assert cmd[1:3] == ["-m", "accelerate.commands.launch"]
     args = launch_command_parser().parse_args(cmd[3:])
     assert (args.num_processes, args.num_machines, args.mixed_precision, args.main_process_port) == \
         (4, 1, "bf16", 29555)
     assert args.multi_gpu and args.module
-    assert args.training_script == "components.common.training" and args.training_script_args == ["/work/job.json"]
-    single = launch_command_parser().parse_args(training.launch_command("j.json", launch, 1, bf16=False)[3:])
+    assert args.training_script == "components.common.training.launch"
+    assert args.training_script_args == ["/work/job.json"]
+    single = launch_command_parser().parse_args(launch.launch_command("j.json", settings, 1, bf16=False)[3:])
     assert not single.multi_gpu and single.num_processes == 1 and single.mixed_precision == "no"
 
 
@@ -36,8 +40,8 @@ def test_deepspeed_files_resolve_every_auto_value(strategy, stage, tmp_path):
     from transformers.integrations.deepspeed import HfTrainerDeepSpeedConfig, unset_hf_deepspeed_config
     from trl import SFTConfig
 
-    path = training.DEEPSPEED_CONFIGS[strategy]
-    assert path.is_file() and path.parent == Path(training.__file__).parent / "deepspeed"
+    path = launch.DEEPSPEED_CONFIGS[strategy]
+    assert path.is_file() and path.parent == Path(launch.__file__).parent / "deepspeed"
     args = SFTConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, per_device_train_batch_size=2,
                      gradient_accumulation_steps=8, report_to=[])
     model = AutoModelForCausalLM.from_config(Qwen3Config(vocab_size=64, hidden_size=16, intermediate_size=32,
@@ -59,34 +63,32 @@ def test_deepspeed_files_resolve_every_auto_value(strategy, stage, tmp_path):
 
 
 def test_hardware_preflight():
-    cpu = training.TrainerSettings(bf16=False)
-    training.check_hardware(cpu, "s", gpus=0)
+    cpu = TrainerSettings(bf16=False)
+    launch.check_hardware(cpu, "s", gpus=0)
     with pytest.raises(ConfigError, match="s.bf16: bf16 was requested but no GPU is visible"):
-        training.check_hardware(training.TrainerSettings(bf16=True), "s", gpus=0)
+        launch.check_hardware(TrainerSettings(bf16=True), "s", gpus=0)
     with pytest.raises(ConfigError, match="s.launch.num_processes: 2 processes requested but no GPU"):
-        training.check_hardware(training.TrainerSettings(bf16=False, launch={"num_processes": 2}), "s", gpus=0)
+        launch.check_hardware(TrainerSettings(bf16=False, launch={"num_processes": 2}), "s", gpus=0)
     with pytest.raises(ConfigError, match="8 processes requested but only 4 GPU"):
-        training.check_hardware(training.TrainerSettings(launch={"num_processes": 8}), "s", gpus=4)
-    assert training.world_size(cpu, 0) == 1
-    assert training.world_size(training.TrainerSettings(), 4) == 4
-    assert training.world_size(training.TrainerSettings(launch={"num_processes": 2}), 4) == 2
-    assert training.gradient_accumulation(1024, 1, 4, "g") == 256
+        launch.check_hardware(TrainerSettings(launch={"num_processes": 8}), "s", gpus=4)
+    assert launch.world_size(cpu, 0) == 1
+    assert launch.world_size(TrainerSettings(), 4) == 4
+    assert launch.world_size(TrainerSettings(launch={"num_processes": 2}), 4) == 2
+    assert launch.gradient_accumulation(1024, 1, 4, "g") == 256
     with pytest.raises(ConfigError, match=r"g \(1000\) must be a multiple of per_device_batch_size x processes "
                                           r"\(1 x 3 = 3\)"):
-        training.gradient_accumulation(1000, 1, 3, "g")
+        launch.gradient_accumulation(1000, 1, 3, "g")
 
 
 def test_trainer_arguments_build_the_recipes_grpo_batches(tmp_path):
     from trl import GRPOConfig
 
-    from components.grpo.train import grpo_arguments
-
     cfg = parse_section(GRPOStageConfig, {"bf16": False, "gradient_checkpointing": False}, "grpo")
-    job = training.TrainJob(entry="m:f", stage="grpo", payload={}, output_dir=str(tmp_path), final_dir=str(tmp_path),
+    job = launch.TrainJob(entry="m:f", stage="grpo", payload={}, output_dir=str(tmp_path), final_dir=str(tmp_path),
                             checkpoint_uri=str(tmp_path), checkpoint_every=10, keep_checkpoints=2)
-    accumulation = training.gradient_accumulation(cfg.rollout_batch_size, cfg.per_device_batch_size, 1, "b")
+    accumulation = launch.gradient_accumulation(cfg.rollout_batch_size, cfg.per_device_batch_size, 1, "b")
     args = GRPOConfig(**grpo_arguments(cfg, job, accumulation, use_vllm=False, vllm_server_url=None,
-                                       reward_weights=[1.0, 0.1]))
+                                       rewards=RewardSetup(funcs=[], weights=[1.0, 0.1])))
     assert args.generation_batch_size == 4096 == 256 * args.num_generations
     assert args.steps_per_generation == args.gradient_accumulation_steps == 256  # one update per generation
     assert (args.beta, args.loss_type, args.learning_rate, args.lr_scheduler_type.value, args.epsilon) == \
@@ -151,53 +153,53 @@ def remote(request, tmp_path) -> str:
 def test_checkpoints_publish_prune_and_restore(tmp_path, remote):
     local = tmp_path / "run"
     for step in (5, 10, 15, 20):
-        training.publish_checkpoint(fake_checkpoint(local, step, best=5), remote, step, keep=2, best_step=5)
-    assert training.complete_checkpoints(remote) == [5, 15, 20]  # the 2 newest + the best
+        checkpoints.publish(fake_checkpoint(local, step, best=5), remote, step, keep=2, best_step=5)
+    assert checkpoints.complete(remote) == [5, 15, 20]  # the 2 newest + the best
     restored_dir = tmp_path / "restored"
-    resume = training.restore_checkpoint(remote, restored_dir)
+    resume = checkpoints.restore(remote, restored_dir)
     assert resume == restored_dir / "checkpoint-20"
     assert sorted(p.name for p in restored_dir.iterdir()) == ["checkpoint-20", "checkpoint-5"]
     assert (resume / "optimizer.pt").read_bytes() == b"adam" * 20
     state = json.loads((resume / "trainer_state.json").read_text())
     assert state["best_model_checkpoint"] == str(restored_dir / "checkpoint-5")
-    training.drop_checkpoints(remote)
-    assert training.complete_checkpoints(remote) == [] and storage.list_files(remote) == []
+    checkpoints.drop_all(remote)
+    assert checkpoints.complete(remote) == [] and storage.list_files(remote) == []
 
 
 def test_incomplete_checkpoints_are_ignored(tmp_path):
     remote = tmp_path / "remote"
-    training.publish_checkpoint(fake_checkpoint(tmp_path / "run", 5, None), str(remote), 5, keep=2, best_step=None)
+    checkpoints.publish(fake_checkpoint(tmp_path / "run", 5, None), str(remote), 5, keep=2, best_step=None)
     partial = fake_checkpoint(remote, 10, None)  # written in place by something else: no manifest
     (remote / ".checkpoint-15.tmp-1234").mkdir()  # an interrupted publish
-    assert partial.is_dir() and training.complete_checkpoints(str(remote)) == [5]
-    assert training.restore_checkpoint(str(remote), tmp_path / "r").name == "checkpoint-5"
-    assert training.restore_checkpoint(str(tmp_path / "empty"), tmp_path / "r2") is None
+    assert partial.is_dir() and checkpoints.complete(str(remote)) == [5]
+    assert checkpoints.restore(str(remote), tmp_path / "r").name == "checkpoint-5"
+    assert checkpoints.restore(str(tmp_path / "empty"), tmp_path / "r2") is None
 
 
 def test_checkpoints_of_another_job_are_refused(tmp_path):
     uri = str(tmp_path / "ckpt")
-    training.claim_checkpoints(uri, "aaa", "grpo")
-    training.claim_checkpoints(uri, "aaa", "grpo")
+    checkpoints.claim(uri, "aaa", "grpo")
+    checkpoints.claim(uri, "aaa", "grpo")
     with pytest.raises(ConfigError, match="grpo.checkpoint.uri: .* holds checkpoints of another job"):
-        training.claim_checkpoints(uri, "bbb", "grpo")
+        checkpoints.claim(uri, "bbb", "grpo")
 
 
 def test_checkpoint_location_and_fingerprint():
-    settings = training.TrainerSettings()
-    assert training.checkpoint_uri(settings, "gs://b/cache", "run-1", "grpo") == "gs://b/cache/checkpoints/run-1/grpo"
-    configured = training.TrainerSettings(checkpoint={"uri": "gs://b/ckpt"})
-    assert training.checkpoint_uri(configured, "gs://b/cache", "run-1", "grpo") == "gs://b/ckpt"
-    base = training.job_fingerprint(settings, {"corpus": "sha256:1"})
-    assert base == training.job_fingerprint(training.TrainerSettings(), {"corpus": "sha256:1"})
-    assert base != training.job_fingerprint(settings, {"corpus": "sha256:2"})
-    assert base != training.job_fingerprint(training.TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"})
+    settings = TrainerSettings()
+    assert checkpoints.checkpoint_uri(settings, "gs://b/cache", "run-1", "grpo") == "gs://b/cache/checkpoints/run-1/grpo"
+    configured = TrainerSettings(checkpoint={"uri": "gs://b/ckpt"})
+    assert checkpoints.checkpoint_uri(configured, "gs://b/cache", "run-1", "grpo") == "gs://b/ckpt"
+    base = checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"})
+    assert base == checkpoints.job_fingerprint(TrainerSettings(), {"corpus": "sha256:1"})
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:2"})
+    assert base != checkpoints.job_fingerprint(TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"})
 
 
 def test_final_model_is_reused_only_when_complete(tmp_path):
     uri = str(tmp_path / "ckpt")
-    assert not training.fetch_final(uri, tmp_path / "a")
+    assert not checkpoints.fetch_final(uri, tmp_path / "a")
     final = tmp_path / "final"
     final.mkdir()
     (final / "config.json").write_text("{}")
-    training.publish_final(final, uri)
-    assert training.fetch_final(uri, tmp_path / "b") and (tmp_path / "b" / "config.json").is_file()
+    checkpoints.publish_final(final, uri)
+    assert checkpoints.fetch_final(uri, tmp_path / "b") and (tmp_path / "b" / "config.json").is_file()

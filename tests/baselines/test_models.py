@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 
+from components.baselines.config import SasrecConfig
+from components.baselines.models import SasrecBaseline, popularity
 from components.common.config import parse_section
-from components.evaluate.baselines import SasrecBaseline, popularity
-from components.evaluate.config import SasrecConfig
 
 
 def test_popularity_ranks_train_targets_only():
@@ -27,7 +27,7 @@ def test_sasrec_beats_popularity_on_demo_data(eval_inputs):
     samples["history"] = [list(h) for h in samples["history"]]
     train, valid, test = (samples[samples["split"] == s] for s in ("train", "valid", "test"))
     catalog = pq.read_table(eval_inputs.sid_map)["item_id"].to_pylist()
-    cfg = parse_section(SasrecConfig, {"epochs": 15, "patience": 4}, "evaluate.sasrec")
+    cfg = parse_section(SasrecConfig, {"epochs": 15, "patience": 4}, "baselines.sasrec")
     model = SasrecBaseline(cfg, seed=0)
     info = model.fit(train, valid, catalog)
     sasrec = _hr10(model.rank(test["history"].tolist(), 10).items, test["target"])

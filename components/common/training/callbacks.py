@@ -1,5 +1,5 @@
-"""HF Trainer callbacks installed by every training stage (imported only inside the training
-processes: ``transformers`` is heavy, and config loading must not pay for it).
+"""HF Trainer callbacks installed by both engines (imported only inside the training processes:
+``transformers`` is heavy, and config loading must not pay for it).
 
 * :class:`CheckpointSync`: save every N steps and publish each checkpoint to object storage;
 * :class:`MlflowMetrics`: every log record to the stage's MLflow run, per step;
@@ -18,7 +18,9 @@ from typing import Any
 from transformers import TrainerCallback
 
 from components.common.logs import Progress
-from components.common.training import TrainJob, numeric_logs, publish_checkpoint
+from components.common.training import checkpoints
+from components.common.training.engine import numeric_logs
+from components.common.training.launch import TrainJob
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,7 @@ class CheckpointSync(TrainerCallback):
         _barrier()  # every rank has written its shards
         if state.is_world_process_zero:
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            publish_checkpoint(local, self.job.checkpoint_uri, state.global_step, self.job.keep_checkpoints,
+            checkpoints.publish(local, self.job.checkpoint_uri, state.global_step, self.job.keep_checkpoints,
                                state.best_global_step)
         _barrier()
         return control

@@ -25,8 +25,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from components.baselines.config import SasrecConfig
 from components.common.logs import Progress
-from components.evaluate.config import SasrecConfig
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,156 @@
+"""Preemption-safe checkpoints in object storage.
+
+Every ``checkpoint.every_steps`` optimizer steps the HF Trainer writes a checkpoint (weights,
+optimizer, scheduler, RNG states, trainer state with the step counter) that is published to
+``checkpoint.uri`` (local or ``gs://``). A checkpoint folder there is *complete* once its
+``_MANIFEST.json`` exists (written last). A restarted stage downloads the last complete checkpoint
+(and the best one, for ``load_best_model_at_end``) and resumes from it: same global step,
+optimizer state, and data position (the Trainer skips the batches already seen). ``<uri>/job.json``
+holds the job's fingerprint (config + input digests) so a checkpoint of another job is never
+resumed by mistake, and ``<uri>/final`` the finished model, so a stage restarted after training
+(e.g. while publishing) does not train again. Once the model is published the checkpoints are
+deleted; ``final`` stays.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from components.common import storage
+from components.common.config import ConfigError
+from components.common.training.settings import TrainerSettings
+
+log = logging.getLogger(__name__)
+
+JOB_FILE, RESULT_FILE, FINAL = "job.json", "training_result.json", "final"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)/" + re.escape(storage.MANIFEST) + "$")
+
+
+def checkpoint_uri(settings: TrainerSettings, cache_uri: str, run_key: str, stage: str) -> str:
+    """The configured checkpoint URI, else one derived from the cache root, run key and stage."""
+    return settings.checkpoint.uri or storage.join(cache_uri, "checkpoints", run_key or "adhoc", stage)
+
+
+def job_fingerprint(section: BaseModel, inputs: Mapping[str, str]) -> str:
+    """Digest of what a training job depends on: its config and its inputs' content digests."""
+    payload = json.dumps({"config": section.model_dump(mode="json"), "inputs": dict(sorted(inputs.items()))},
+                         sort_keys=True)
+    return storage.bytes_digest(payload.encode()).split(":", 1)[1]
+
+
+def complete(uri: str) -> list[int]:
+    """Steps of the complete (manifest present) checkpoints published under ``uri``, ascending."""
+    return sorted(int(m.group(1)) for f in storage.list_files(uri) if (m := _CHECKPOINT.match(f)))
+
+
+def _publish_dir(local: Path, uri: str) -> None:
+    if storage.is_gcs(uri):
+        storage.upload_dir(local, uri)  # manifest written last
+    else:
+        storage.copy(str(local), uri)  # staged beside the target, manifest, then renamed
+
+
+def _fetch_dir(uri: str, local: Path) -> None:
+    if storage.is_gcs(uri):
+        storage.download_dir(uri, local)
+    else:
+        shutil.copytree(uri, local, ignore=shutil.ignore_patterns(storage.MANIFEST))
+
+
+def _delete_dir(uri: str) -> None:
+    """Remove a published folder; on GCS the manifest goes first so it is never seen complete."""
+    if storage.is_gcs(uri):
+        bucket_name, prefix = storage.split_gcs(uri)
+        bucket = storage.gcs_client().bucket(bucket_name)
+        names = storage.list_files(uri)
+        for name in sorted(names, key=lambda n: n != storage.MANIFEST):
+            bucket.blob(f"{prefix}/{name}").delete()
+    else:
+        shutil.rmtree(uri, ignore_errors=True)
+
+
+def publish(local: Path, uri: str, step: int, keep: int, best_step: int | None) -> None:
+    """Publish ``local`` as ``<uri>/checkpoint-<step>``, then drop all but the ``keep`` newest
+    (and the best) published checkpoints."""
+    start = time.monotonic()
+    _publish_dir(local, storage.join(uri, f"checkpoint-{step}"))
+    steps = complete(uri)
+    keep_steps = set(steps[-keep:]) | ({best_step} if best_step else set())
+    for old in steps:
+        if old not in keep_steps:
+            _delete_dir(storage.join(uri, f"checkpoint-{old}"))
+    log.info("checkpoint %d published to %s in %.1fs", step, uri, time.monotonic() - start)
+
+
+def drop_all(uri: str) -> None:
+    """Delete every published checkpoint under ``uri`` (``final`` and ``job.json`` stay)."""
+    for step in complete(uri):
+        _delete_dir(storage.join(uri, f"checkpoint-{step}"))
+
+
+def claim(uri: str, fingerprint: str, stage: str) -> None:
+    """Record (or check) which job the checkpoints under ``uri`` belong to."""
+    marker = storage.join(uri, JOB_FILE)
+    if storage.exists(marker):
+        found = storage.read_json(marker)
+        if found.get("fingerprint") != fingerprint:
+            raise ConfigError(
+                f"{stage}.checkpoint.uri: {uri} holds checkpoints of another job (config or inputs differ: "
+                f"fingerprint {found.get('fingerprint')} != {fingerprint}); point checkpoint.uri elsewhere "
+                "or delete that folder")
+        return
+    storage.write_json(marker, {"fingerprint": fingerprint, "stage": stage})
+
+
+def restore(uri: str, output_dir: Path) -> Path | None:
+    """Download the last complete checkpoint under ``uri`` (and the best one, if it differs and
+    still exists) into ``output_dir``; returns the local checkpoint to resume from, or None."""
+    steps = complete(uri)
+    if not steps:
+        return None
+    latest = steps[-1]
+    local = output_dir / f"checkpoint-{latest}"
+    _fetch_dir(storage.join(uri, f"checkpoint-{latest}"), local)
+    state_file = local / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    best = state.get("best_global_step")
+    if best and best != latest and best in steps:
+        _fetch_dir(storage.join(uri, f"checkpoint-{best}"), output_dir / f"checkpoint-{best}")
+    if best in steps:  # the recorded path was on the machine that wrote it
+        state["best_model_checkpoint"] = str(output_dir / f"checkpoint-{best}")
+        state_file.write_text(json.dumps(state, indent=2, sort_keys=True))
+    log.info("resuming from checkpoint %d of %s", latest, uri)
+    return local
+
+
+def publish_final(local: Path, uri: str) -> None:
+    """Keep the finished model next to the checkpoints, so a restart after training skips it."""
+    _publish_dir(local, storage.join(uri, FINAL))
+
+
+def fetch_final(uri: str, local: Path) -> bool:
+    """Download ``<uri>/final`` if a complete one exists; True when it did."""
+    final = storage.join(uri, FINAL)
+    if not storage.exists(storage.join(final, storage.MANIFEST)):
+        return False
+    _fetch_dir(final, local)
+    return True
+
+
+def work_dir(settings: TrainerSettings, stage: str, fingerprint: str) -> Path:
+    """A fresh local work folder for one job (same path for the same job, so a resumed state's
+    checkpoint paths stay valid)."""
+    root = Path(settings.checkpoint.local_dir or Path(tempfile.gettempdir()) / "sidreasoner-train")
+    path = root / f"{stage}-{fingerprint[:16]}"
+    shutil.rmtree(path, ignore_errors=True)  # restarts resume from object storage, never from leftovers
+    path.mkdir(parents=True)
+    return path

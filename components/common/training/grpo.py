@@ -1,0 +1,121 @@
+"""The GRPO engine: TRL's GRPOTrainer on prompts with the stage's reward functions.
+
+One optimizer step per generation batch (on-policy): ``steps_per_generation`` equals the gradient
+accumulation that makes ``rollout_batch_size`` rollouts, so every rollout is used once, in the step
+right after it was generated. Rollouts come from HF generate, a vLLM engine colocated with
+training, or a ``trl vllm-serve`` server (``settings.rollout``).
+
+The rewards are the stage's: the payload names a ``module:function`` that builds a
+:class:`RewardSetup` in each training process (reward functions are plain functions, TRL-style;
+a mode with its own rollouts also hands TRL a ``rollout_func`` and may need the vLLM engine built
+its way, ``engine_setup``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from components.common import artifacts
+from components.common.training.launch import TrainJob
+from components.common.training.settings import GRPOSettings
+
+ENTRY = "components.common.training.grpo:train_grpo"
+
+
+@dataclass(frozen=True)
+class RewardSetup:
+    """What a stage's rewards hand to GRPOTrainer."""
+
+    funcs: list[Callable[..., list[float]]]
+    weights: list[float]
+    rollout_func: Callable[[list[str], Any], dict[str, Any]] | None = None
+    """TRL's ``rollout_func`` when the rewards come with their own rollouts; None: TRL samples."""
+    engine_setup: Callable[[], contextlib.AbstractContextManager] = field(default=contextlib.nullcontext)
+    """Context held while GRPOTrainer is built (e.g. how the colocated vLLM engine is made)."""
+    importance_sampling_correction: bool = True
+    """TRL's vLLM importance-sampling correction (off for tokens no sampler chose)."""
+
+
+class GRPOPayload(BaseModel):
+    """What the GRPO training processes get (:attr:`TrainJob.payload`)."""
+
+    settings: GRPOSettings
+    base_model: str
+    prompts: str
+    """``save_to_disk`` dataset: ``prompt`` and the columns the reward functions read."""
+    gradient_accumulation_steps: int
+    use_vllm: bool
+    vllm_server_url: str | None = None
+    rewards: str
+    """``module:function(args, tokenizer, settings, job, use_vllm) -> RewardSetup``."""
+    reward_args: dict[str, Any] = Field(default_factory=dict)
+    record: artifacts.ModelRecord
+    sid_vocab: list[str]
+
+
+def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use_vllm: bool,
+                   vllm_server_url: str | None, rewards: RewardSetup) -> dict[str, Any]:
+    """GRPOConfig keyword arguments of ``settings`` (the shared Trainer ones included)."""
+    from components.common.training.engine import training_arguments
+
+    rollout = settings.rollout
+    return dict(
+        **training_arguments(settings, job, accumulation),
+        steps_per_generation=accumulation,
+        num_generations=settings.num_generations,
+        max_completion_length=rollout.max_completion_length,
+        temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
+        beta=settings.beta, loss_type=settings.loss_type, epsilon=settings.epsilon,
+        scale_rewards=settings.scale_rewards, num_iterations=1, reward_weights=rewards.weights,
+        mask_truncated_completions=settings.mask_truncated_completions,
+        use_vllm=use_vllm, vllm_mode=rollout.vllm_mode,
+        vllm_importance_sampling_correction=rewards.importance_sampling_correction,
+        vllm_gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
+        vllm_tensor_parallel_size=rollout.vllm_tensor_parallel_size,
+        vllm_max_model_length=rollout.max_prompt_length + rollout.max_completion_length,
+        vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.vllm_server_timeout,
+        shuffle_dataset=True, log_completions=False, save_strategy="no", eval_strategy="no",
+    )
+
+
+def build_rewards(payload: GRPOPayload, tokenizer: Any, job: TrainJob) -> RewardSetup:
+    module, _, function = payload.rewards.partition(":")
+    factory = getattr(importlib.import_module(module), function)
+    return factory(payload.reward_args, tokenizer, payload.settings, job, payload.use_vllm)
+
+
+def train_grpo(job: TrainJob) -> None:
+    """Entry point of each training process."""
+    import torch
+    from datasets import load_from_disk
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from components.common.training.callbacks import standard_callbacks
+    from components.common.training.engine import resumed_step, save_trained_model, write_result
+
+    payload = GRPOPayload.model_validate(job.payload)
+    settings = payload.settings
+    tokenizer = AutoTokenizer.from_pretrained(payload.base_model)
+    tokenizer.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(payload.base_model,
+                                                 dtype=torch.bfloat16 if settings.bf16 else torch.float32)
+    rewards = build_rewards(payload, tokenizer, job)
+    args = GRPOConfig(**grpo_arguments(settings, job, payload.gradient_accumulation_steps, payload.use_vllm,
+                                       payload.vllm_server_url, rewards))
+    with rewards.engine_setup(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # known: experimental in TRL 1.16
+        trainer = GRPOTrainer(model=model, reward_funcs=rewards.funcs, args=args,
+                              train_dataset=load_from_disk(payload.prompts), processing_class=tokenizer,
+                              callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func)
+    resumed_from = resumed_step(job)
+    trainer.train(resume_from_checkpoint=job.resume_from)
+    save_trained_model(trainer, job, payload.record, payload.sid_vocab)
+    write_result(job, trainer, resumed_from)
