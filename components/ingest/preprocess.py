@@ -176,7 +176,7 @@ def preprocess(raw: RawCatalog, cfg: PreprocessConfig, resplit: bool = False) ->
             outside = stats["interactions_known_items"] - window["in_window"]
             raise InputError(
                 f"{source}: the {cfg.k_core}-core leaves no interaction: of the {window['in_window']:,} in the "
-                f"review window, every one has a user or an item with fewer than {cfg.k_core}. Lower "
+                f"review window, every one has a user or an item with fewer than {cfg.k_core} interactions. Lower "
                 "ingest.preprocess.k_core"
                 + (f", or widen window_start / window_end ({outside:,} interactions fall outside)" if outside else "")
             )

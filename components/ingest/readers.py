@@ -338,9 +338,10 @@ _ID_SPELLINGS: tuple[tuple[str, Callable[[str], str]], ...] = (
 def _id_mismatch(item_ids: pd.Series, unknown: pd.Series, items_uri: str, inter_uri: str,
                  id_types: tuple[str, str] | None) -> str | None:
     """Why ids in the interactions miss the catalog, when they differ only in how they are written."""
-    types = ""
+    types, advice = "", "Write item_id the same way in both files"
     if id_types and id_types[0] != id_types[1]:
         types = f"item_id is {id_types[1]} in {inter_uri} but {id_types[0]} in {items_uri}; "
+        advice = "Write item_id with the same type in both files"
     sample = unknown.drop_duplicates().head(1000)
     for what, spell in _ID_SPELLINGS:
         catalog = {spell(i): i for i in item_ids}
@@ -348,8 +349,8 @@ def _id_mismatch(item_ids: pd.Series, unknown: pd.Series, items_uri: str, inter_
             match = catalog.get(spell(item_id))
             if match is not None:
                 return (f"{types}the ids differ in {what}: {item_id!r} in {inter_uri} is {match!r} in "
-                        f"{items_uri}. Write item_id the same way in both files")
-    return f"{types}write item_id with the same type in both files" if types else None
+                        f"{items_uri}. {advice}")
+    return f"{types}{advice}" if types else None
 
 
 def check_id_overlap(item_ids: pd.Series, inter_ids: pd.Series, items_uri: str, inter_uri: str,
