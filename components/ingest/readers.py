@@ -397,7 +397,8 @@ def _read_amazon(cfg: IngestConfig, files: dict[str, str], *, id_keys: tuple[str
         title = obj.get("title")
         if title is not None and not isinstance(title, str):
             raise InputError(f"{meta_uri} line {line_no}: field 'title' is {_json_type(title)}, expected a string")
-        brand = obj.get("brand") or obj.get("store") or (obj.get("details") or {}).get("Brand", "")
+        details = obj.get("details")
+        brand = obj.get("brand") or obj.get("store") or (details.get("Brand", "") if isinstance(details, dict) else "")
         rows.append({
             "item_id": _scalar_id(obj[key], key, meta_uri, line_no),
             "title": clean_title(title),
@@ -521,12 +522,15 @@ def _parquet_timestamps(values: pd.Series, uri: str, unit: str) -> np.ndarray:
                              f"(first at row {int(np.flatnonzero(bad)[0])})")
         raw = values.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(values) else numbers
         return unix_seconds(raw, unit, uri, "timestamp", where)
-    stamps = pd.to_datetime(values, errors="coerce", utc=True)
+    stamps = pd.to_datetime(values, errors="coerce", utc=True, format="mixed")
     bad = stamps.isna().to_numpy()
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
+        numbers = pd.to_numeric(values, errors="coerce")
+        hint = ("; the column holds numbers as text: write it as a number column (its unit: "
+                "ingest.timestamp_unit)" if numbers.notna().all() else "")
         raise InputError(f"{uri}: column timestamp row {row}: {values.iloc[row]!r} is not a "
-                         f"timestamp ({int(bad.sum())} bad value(s))")
+                         f"timestamp ({int(bad.sum())} bad value(s)){hint}")
     seconds = ((stamps - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
     require_plausible(seconds, uri, "timestamp", where)
     return seconds

@@ -136,3 +136,10 @@ def test_parquet_integer_ids_in_both_files(tmp_path):
                   interactions=pa.table({"user_id": inter.user_id, "item_id": ids, "timestamp": inter.timestamp}))
     items, samples, _ = ingest(config("parquet", tmp_path, k_core=2))
     assert set(items.item_id) == {str(k) for k in range(8)} and set(samples.target) <= set(items.item_id)
+
+
+def test_amazon23_details_that_are_not_an_object(tmp_path):
+    meta = [{"parent_asin": f"i{k}", "title": f"Widget {k}", "details": {"Brand": "Acme"} if k else "n/a"}
+            for k in range(8)]
+    items, _, _ = ingest(config("amazon23", amazon23_files(tmp_path, meta=meta), k_core=2))
+    assert items.set_index("item_id").brand.to_dict() == {"i0": "", **{f"i{k}": "Acme" for k in range(1, 8)}}

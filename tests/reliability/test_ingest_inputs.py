@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from components.common.config import ConfigError
@@ -230,6 +231,18 @@ TABLE: list[Case] = [
     Case("parquet-nan-timestamp", MALFORMED,
          parquet(interactions={**INTER_PQ, "timestamp": [float(t) for t in INTER_PQ["timestamp"][:-1]] + [float("nan")]}),
          names="interactions.parquet: column timestamp has 1 NaN/null value(s) (first at row 71)"),
+    Case("parquet-timestamps-as-text-numbers", MALFORMED,
+         parquet(interactions={**INTER_PQ, "timestamp": [str(t) for t in INTER_PQ["timestamp"]]}),
+         names="interactions.parquet: column timestamp row 0: '1500000000' is not a timestamp",
+         says=("the column holds numbers as text",)),
+    Case("amazon23-missing-parent-asin", MALFORMED,
+         amazon23(meta=[{"title": f"Widget {k}"} if k == 6 else {"parent_asin": f"i{k}", "title": f"Widget {k}"}
+                        for k in range(8)]),
+         names="meta.jsonl.gz line 7: missing field 'parent_asin'"),
+    Case("amazon23-user-id-list", MALFORMED,
+         amazon23(reviews=[{"user_id": ["u", 1] if r.Index == 9 else r.user_id, "parent_asin": r.item_id,
+                            "timestamp": int(r.timestamp) * 1000} for r in GRID.itertuples()]),
+         names="reviews.jsonl.gz line 10: field 'user_id' is an array, expected a string id"),
     Case("parquet-unparseable-timestamp", MALFORMED,
          parquet(interactions={**INTER_PQ, "timestamp": ["2018-01-01"] * 3 + ["yesterday"] * 69}),
          names="interactions.parquet: column timestamp row 3: 'yesterday' is not a timestamp"),
@@ -237,6 +250,15 @@ TABLE: list[Case] = [
     # -- duplicate id ------------------------------------------------------------------------
     Case("amazon18-duplicate-item-id", DUPLICATE, amazon18(meta=[*META18, {"asin": "i0", "title": "Again"}]),
          names="meta.json.gz: duplicate item id 'i0' at lines 1 and 9"),
+    Case("amazon23-duplicate-parent-asin", DUPLICATE,
+         amazon23(meta=[{"parent_asin": f"i{k % 7}", "title": f"Widget {k}"} for k in range(8)]),
+         names="meta.jsonl.gz: duplicate item id 'i0' at lines 1 and 8"),
+    Case("parquet-duplicate-column", DUPLICATE,
+         parquet(edit=lambda folder: pq.write_table(
+             pa.Table.from_arrays([pa.array(ITEMS_PQ["item_id"]), pa.array(ITEMS_PQ["title"]), pa.array(ITEMS_PQ["title"])],
+                                  names=["item_id", "title", "title"]), folder / "items.parquet")),
+         names="items.parquet: not a readable Parquet file: Multiple matches for FieldRef.Name(title)",
+         error=StorageError),
     Case("parquet-duplicate-item-id", DUPLICATE,
          parquet(items={"item_id": ["i0", "i1", "i0"], "title": ["a b", "c d", "e f"]}),
          names="items.parquet: duplicate item id 'i0' at rows 0 and 2"),
