@@ -65,45 +65,37 @@ def ingest_call(root: Path, fmt: str, sets: tuple[str, ...]) -> StageCall:
     return StageCall(stage="ingest", config=config, out=root / "out", sets=sets)
 
 
-def amazon18(meta: list | None = None, reviews: list | None = None, sets: tuple[str, ...] = (),
-             edit: Edit | None = None) -> Callable[[Path], StageCall]:
+def builder(fmt: str, write: Callable[[Path], object], sets: tuple[str, ...],
+            edit: Edit | None) -> Callable[[Path], StageCall]:
+    """A row's builder: ``write`` the valid files under ROOT/in, ``edit`` them, then the command."""
     def build(root: Path) -> StageCall:
-        amazon18_files(root / "in", meta, reviews)
+        write(root / "in")
         if edit:
             edit(root / "in")
-        return ingest_call(root, "amazon18", sets)
+        return ingest_call(root, fmt, sets)
     return build
+
+
+def amazon18(meta: list | None = None, reviews: list | None = None, sets: tuple[str, ...] = (),
+             edit: Edit | None = None) -> Callable[[Path], StageCall]:
+    return builder("amazon18", lambda folder: amazon18_files(folder, meta, reviews), sets, edit)
 
 
 def amazon23(meta: list | None = None, reviews: list | None = None, sets: tuple[str, ...] = (),
              edit: Edit | None = None) -> Callable[[Path], StageCall]:
-    def build(root: Path) -> StageCall:
-        amazon23_files(root / "in", meta, reviews)
-        if edit:
-            edit(root / "in")
-        return ingest_call(root, "amazon23", sets)
-    return build
+    return builder("amazon23", lambda folder: amazon23_files(folder, meta, reviews), sets, edit)
 
 
 def parquet(items: dict | None = None, interactions: dict | None = None, sets: tuple[str, ...] = (),
             edit: Edit | None = None) -> Callable[[Path], StageCall]:
     """Columns given as dicts (pa.table inputs) replace the valid table of that file."""
-    def build(root: Path) -> StageCall:
-        parquet_files(root / "in", items=pa.table(items) if items is not None else None,
-                      interactions=pa.table(interactions) if interactions is not None else None)
-        if edit:
-            edit(root / "in")
-        return ingest_call(root, "parquet", sets)
-    return build
+    return builder("parquet", lambda folder: parquet_files(
+        folder, items=pa.table(items) if items is not None else None,
+        interactions=pa.table(interactions) if interactions is not None else None), sets, edit)
 
 
 def release(edit: Edit | None = None, sets: tuple[str, ...] = ()) -> Callable[[Path], StageCall]:
-    def build(root: Path) -> StageCall:
-        release_pack(root / "in")
-        if edit:
-            edit(root / "in")
-        return ingest_call(root, "release", sets)
-    return build
+    return builder("release", release_pack, sets, edit)
 
 
 def rewrite(name: str, change: Callable[[bytes], bytes]) -> Edit:
