@@ -220,6 +220,8 @@ def _require(obj: dict[str, Any], key: str, uri: str, line_no: int) -> Any:
 
 def _scalar_id(value: Any, key: str, uri: str, line_no: int) -> str:
     """An id field as a string; ids are strings (numbers are accepted and written as text)."""
+    if type(value) is str:  # nearly always: one check on the hot path
+        return value
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise InputError(f"{uri} line {line_no}: field '{key}' is {_json_type(value)}, expected a string id")
     return str(value)
