@@ -1,8 +1,9 @@
 """Config section ``ingest``: where the catalog comes from and how it is preprocessed.
 
 Defaults are the paper's preprocessing (RECIPE.md section 1): title filter, a 2016-10..2018-11
-review window moved back a year at a time (at most 10) while fewer than 3,000 items survive, iterative
-5-core, sliding-window histories of at most 10 items, and a global chronological 8:1:1 split.
+review window moved back a year at a time (at most 10) while fewer than 3,000 items survive,
+iterative 5-core, sliding-window histories of at most 10 items, and a global chronological 8:1:1
+split.
 """
 
 from __future__ import annotations

@@ -38,8 +38,8 @@ def filter_titles(items: pd.DataFrame, cfg: PreprocessConfig, source: str) -> tu
     if bad.any() and not cfg.title_filter:
         first = items.loc[bad].iloc[0]
         raise InputError(f"{source}: {int(bad.sum())} item(s) with an invalid title "
-                          f"({counts}); e.g. item {first['item_id']!r}: {first['title'][:60]!r}. "
-                          "Enable ingest.preprocess.title_filter to drop them")
+                         f"({counts}); e.g. item {first['item_id']!r}: {first['title'][:60]!r}. "
+                         "Enable ingest.preprocess.title_filter to drop them")
     if bad.all():
         advice = {"empty": "check that the items have a 'title' field",
                   "too_long": f"raise ingest.preprocess.title_max_words ({cfg.title_max_words})"}
