@@ -13,7 +13,7 @@ import pandas as pd
 
 from components.common.errors import InputError
 from components.ingest.config import PreprocessConfig
-from components.ingest.readers import SPLITS, RawCatalog
+from components.ingest.readers import SPLITS, RawCatalog, iso_day
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +67,6 @@ def _epoch(day: dt.date | None) -> int | None:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
 
 
-def _day(timestamp: int) -> str:
-    return dt.datetime.fromtimestamp(timestamp, dt.timezone.utc).date().isoformat()
-
-
 def window_kcore(interactions: pd.DataFrame, cfg: PreprocessConfig,
                  source: str = "interactions") -> tuple[pd.DataFrame, dict[str, Any]]:
     """Apply the review window and k-core; move the start back a year while too few items survive
@@ -97,7 +93,7 @@ def window_kcore(interactions: pd.DataFrame, cfg: PreprocessConfig,
                 f"{source}: the review window from {start} keeps {n_items:,} items after the {cfg.k_core}-core, "
                 f"fewer than ingest.preprocess.min_window_items ({cfg.min_window_items:,}), after moving its start "
                 f"back {extended} year(s), the most ingest.preprocess.max_window_extensions allows; the "
-                f"interactions start {_day(first_ts)}. Lower min_window_items or raise max_window_extensions"
+                f"interactions start {iso_day(first_ts)}. Lower min_window_items or raise max_window_extensions"
             )
         log.info("window from %s keeps %d items (< %d): moving the start back one year",
                  start, n_items, cfg.min_window_items)
@@ -163,7 +159,7 @@ def preprocess(raw: RawCatalog, cfg: PreprocessConfig, resplit: bool = False) ->
         if inter.empty:
             raise InputError(f"{source}: no interaction names an item that passes the title filter of {catalog} "
                              f"(items dropped: {dropped})")
-        first, last = _day(int(inter["timestamp"].min())), _day(int(inter["timestamp"].max()))
+        first, last = iso_day(int(inter["timestamp"].min())), iso_day(int(inter["timestamp"].max()))
         inter, window = window_kcore(inter, cfg, source)
         stats["window"] = window
         if window["in_window"] == 0:

@@ -199,7 +199,8 @@ def iter_json_lines(uri: str) -> Iterator[tuple[int, dict[str, Any]]]:
                     try:
                         obj = json.loads(text)
                     except json.JSONDecodeError as exc:
-                        raise InputError(f"{uri} line {line_no}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+                        raise InputError(f"{uri} line {line_no}: malformed JSON ({exc.msg} at column "
+                                         f"{exc.colno})") from None
                     if not isinstance(obj, dict):
                         raise InputError(f"{uri} line {line_no}: expected a JSON object, got {_json_type(obj)}")
                     yield line_no, obj
@@ -222,7 +223,7 @@ def _scalar_id(value: Any, key: str, uri: str, line_no: int) -> str:
     """An id field as a string; ids are strings (numbers are accepted and written as text)."""
     if type(value) is str:  # nearly always: one check on the hot path
         return value
-    if isinstance(value, bool) or not isinstance(value, (str, int)):
+    if isinstance(value, bool) or not isinstance(value, int):
         raise InputError(f"{uri} line {line_no}: field '{key}' is {_json_type(value)}, expected a string id")
     return str(value)
 
@@ -268,7 +269,8 @@ def _plausible_range() -> tuple[int, int]:
     return int(EARLIEST_PLAUSIBLE.timestamp()), int(latest.timestamp())
 
 
-def _day(seconds: float) -> str:
+def iso_day(seconds: float) -> str:
+    """A unix time as its UTC date, e.g. 2017-07-14 (or the year, when past 9999)."""
     try:
         return dt.datetime.fromtimestamp(int(seconds), dt.timezone.utc).date().isoformat()
     except (OverflowError, OSError, ValueError):
@@ -296,14 +298,14 @@ def require_plausible(seconds: np.ndarray, uri: str, column: str, where: Callabl
         return
     first = int(np.flatnonzero(bad)[0])
     shown = column if raw is None else f"{column} {_number(raw[first])} read as {UNIT_NAMES[unit]}"
-    message = (f"{uri} {where(first)}: {shown} is {_day(seconds[first])}, not a plausible date "
-               f"({int(bad.sum()):,} of {len(seconds):,} values fall outside {_day(low)}..{_day(high)})")
+    message = (f"{uri} {where(first)}: {shown} is {iso_day(seconds[first])}, not a plausible date "
+               f"({int(bad.sum()):,} of {len(seconds):,} values fall outside {iso_day(low)}..{iso_day(high)})")
     if raw is not None:
         for other in TIME_UNITS:
             converted = _in_unit(raw, other)
             if other != unit and ((converted >= low) & (converted <= high)).all():
-                message += (f"; as {UNIT_NAMES[other]} they span {_day(converted.min())}..{_day(converted.max())}: "
-                            f"set ingest.timestamp_unit={other}")
+                message += (f"; as {UNIT_NAMES[other]} they span {iso_day(converted.min())}.."
+                            f"{iso_day(converted.max())}: set ingest.timestamp_unit={other}")
                 break
     raise InputError(message)
 
@@ -613,7 +615,7 @@ def _load_json(uri: str) -> tuple[Any, str]:
 
 def _key_lines(text: str, key: str) -> list[int]:
     """Lines where ``key`` opens an entry of the top-level object (an object or array value)."""
-    pattern = re.compile(re.escape(json.dumps(key)) + r"\s*:\s*[\[{]")
+    pattern = re.compile(re.escape(json.dumps(key, ensure_ascii=False)) + r"\s*:\s*[\[{]")
     return [text.count("\n", 0, m.start()) + 1 for m in pattern.finditer(text)]
 
 
