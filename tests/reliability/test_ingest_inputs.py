@@ -6,8 +6,8 @@ clear message naming the file, line or field, advice only where it applies, and 
 Case classes (``Case.kind``):
 
 * ``unreadable file``: missing, a folder, truncated or corrupt gzip, not UTF-8, 0 bytes, not Parquet;
-* ``malformed record``: a line, row or field that does not parse or is missing;
-* ``duplicate id``: an item id twice (or a field twice in one object);
+* ``malformed record``: a line, row, field or column that does not parse or is missing;
+* ``duplicate id or field``: an item id twice, a field twice in one object, a column twice;
 * ``wrong type``: a contract field or column of the wrong type;
 * ``empty input``: a file with no records or rows;
 * ``implausible dates``: a timestamp unit that does not match the data, dates before 1990 or in
@@ -44,7 +44,7 @@ from tests.reliability.harness import Case, StageCall, check, check_cli, run_in_
 
 UNREADABLE = "unreadable file"
 MALFORMED = "malformed record"
-DUPLICATE = "duplicate id"
+DUPLICATE = "duplicate id or field"
 WRONG_TYPE = "wrong type"
 EMPTY = "empty input"
 DATES = "implausible dates"
@@ -269,7 +269,7 @@ TABLE: list[Case] = [
          says=("expected list<string> or string",)),
     Case("parquet-timestamp-booleans", WRONG_TYPE, parquet(interactions={**INTER_PQ, "timestamp": [True] * 72}),
          names="interactions.parquet: column 'timestamp' (interactions.timestamp) has type bool"),
-    Case("parquet-renamed-column-missing", WRONG_TYPE,
+    Case("parquet-renamed-column-missing", MALFORMED,
          parquet(items={"item_id": ITEMS_PQ["item_id"], "tittle": ITEMS_PQ["title"]}),
          names="items.parquet: missing column 'title'", says=("--set ingest.columns.title=<column>",)),
     Case("amazon23-title-number", WRONG_TYPE,
