@@ -1,8 +1,9 @@
 """Config section ``ingest``: where the catalog comes from and how it is preprocessed.
 
 Defaults are the paper's preprocessing (RECIPE.md section 1): title filter, a 2016-10..2018-11
-review window moved back a year at a time while fewer than 3,000 items survive, iterative
-5-core, sliding-window histories of at most 10 items, and a global chronological 8:1:1 split.
+review window moved back a year at a time (at most 10) while fewer than 3,000 items survive,
+iterative 5-core, sliding-window histories of at most 10 items, and a global chronological 8:1:1
+split.
 """
 
 from __future__ import annotations
@@ -33,6 +34,11 @@ OPTIONAL_FILES: dict[str, set[str]] = {
     "amazon18": set(), "amazon23": set(), "parquet": set(),
     "release": {"train", "valid", "test", "index"},
 }
+#: Units of numeric timestamps: divisor to unix seconds.
+TIME_UNITS: dict[str, int] = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+TimeUnit = Literal["s", "ms", "us", "ns"]
+#: Unit of each format's numeric timestamps unless ``ingest.timestamp_unit`` says otherwise.
+DEFAULT_TIME_UNIT: dict[str, str] = {"amazon18": "s", "amazon23": "ms", "parquet": "s"}
 #: Canonical column names a ``parquet`` source can rename through ``ingest.columns``.
 PARQUET_COLUMNS = ("user_id", "item_id", "timestamp", "title", "description", "brand", "categories")
 
@@ -53,6 +59,15 @@ class PreprocessConfig(Section):
     """End of the review window (exclusive); null: no upper bound."""
     min_window_items: int = Field(3000, ge=0)
     """While fewer items survive window + k-core, move window_start back one year (recipe: 3000)."""
+    max_window_extensions: int = Field(10, ge=0)
+    """Move window_start back at most this many years; if still fewer than min_window_items
+    items survive while older reviews exist, ingest stops with an error (the recipe sets no bound;
+    10 reaches 2006 from the default start, earlier than any category needs)."""
+    max_unknown_item_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of the interactions that may name items absent from the catalog (meta / items
+    file): they are dropped with a warning giving the share; past it, or when no interaction
+    names a catalog item, ingest stops with an error (the two files do not belong together, or
+    write ids differently)."""
     k_core: int = Field(5, ge=1)
     """Iterative user and item k-core threshold (interactions per user and per item)."""
     max_history: int = Field(10, ge=1)
@@ -87,8 +102,10 @@ class IngestConfig(Section):
     """File role -> name relative to ``source``; unset roles take the format's defaults."""
     columns: dict[str, str] = Field(default_factory=dict)
     """``parquet`` only: canonical column -> column name in the files (e.g. timestamp: ts)."""
-    timestamp_unit: Literal["s", "ms"] = "s"
-    """``parquet`` only: unit of a numeric timestamp column."""
+    timestamp_unit: TimeUnit | None = None
+    """Unit of numeric timestamps (s, ms, us, ns); unset: the format's own (amazon18 s,
+    amazon23 ms, parquet s). Every timestamp must be a plausible date (1990 to today), so a
+    wrong unit is an error that names the unit the values fit."""
     resplit: bool = False
     """``release`` only: redo the global chronological split over all rows of the splits that
     exist (use it when a pack lacks a split, e.g. the shared Office pack has no train split)."""
@@ -108,7 +125,13 @@ class IngestConfig(Section):
                              f"known: {list(PARQUET_COLUMNS)}")
         if self.resplit and self.format != "release":
             raise ValueError("resplit: only the release format has precomputed splits")
+        if self.timestamp_unit and self.format == "release":
+            raise ValueError("timestamp_unit: the release format has no timestamps")
         return self
+
+    def time_unit(self) -> str:
+        """Unit of this source's numeric timestamps."""
+        return self.timestamp_unit or DEFAULT_TIME_UNIT[self.format]
 
     def file_roles(self) -> dict[str, str]:
         """Role -> file name, defaults merged with ``files``."""

@@ -11,8 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from components.common.errors import InputError
 from components.ingest.config import PreprocessConfig
-from components.ingest.readers import SPLITS, IngestError, RawCatalog
+from components.ingest.readers import SPLITS, RawCatalog, iso_day
 
 log = logging.getLogger(__name__)
 
@@ -36,9 +37,15 @@ def filter_titles(items: pd.DataFrame, cfg: PreprocessConfig, source: str) -> tu
     counts = dict(Counter(problems[bad]))
     if bad.any() and not cfg.title_filter:
         first = items.loc[bad].iloc[0]
-        raise IngestError(f"{source}: {int(bad.sum())} item(s) with an invalid title "
-                          f"({counts}); e.g. item {first['item_id']!r}: {first['title'][:60]!r}. "
-                          "Enable ingest.preprocess.title_filter to drop them")
+        raise InputError(f"{source}: {int(bad.sum())} item(s) with an invalid title "
+                         f"({counts}); e.g. item {first['item_id']!r}: {first['title'][:60]!r}. "
+                         "Enable ingest.preprocess.title_filter to drop them")
+    if bad.all():
+        advice = {"empty": "check that the items have a 'title' field",
+                  "too_long": f"raise ingest.preprocess.title_max_words ({cfg.title_max_words})"}
+        hints = [advice[problem] for problem in counts if problem in advice]
+        raise InputError(f"{source}: all {len(items):,} items fail the title filter ({counts})"
+                         + (f"; {' or '.join(hints)}" if hints else ""))
     return items.loc[~bad].reset_index(drop=True), counts
 
 
@@ -60,8 +67,11 @@ def _epoch(day: dt.date | None) -> int | None:
     return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.timezone.utc).timestamp())
 
 
-def window_kcore(interactions: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Apply the review window and k-core; move the start back a year while too few items survive."""
+def window_kcore(interactions: pd.DataFrame, cfg: PreprocessConfig,
+                 source: str = "interactions") -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Apply the review window and k-core; move the start back a year while too few items survive
+    and older interactions exist, at most ``max_window_extensions`` times (then an error naming
+    ``source``, the file the interactions come from)."""
     start, end = cfg.window_start, cfg.window_end
     first_ts = int(interactions["timestamp"].min()) if len(interactions) else 0
     extended = 0
@@ -78,6 +88,13 @@ def window_kcore(interactions: pd.DataFrame, cfg: PreprocessConfig) -> tuple[pd.
         covers_all = start is None or _epoch(start) <= first_ts
         if n_items >= cfg.min_window_items or covers_all:
             break
+        if extended == cfg.max_window_extensions:
+            raise InputError(
+                f"{source}: the review window from {start} keeps {n_items:,} items after the {cfg.k_core}-core, "
+                f"fewer than ingest.preprocess.min_window_items ({cfg.min_window_items:,}), after moving its start "
+                f"back {extended} year(s), the most ingest.preprocess.max_window_extensions allows; the "
+                f"interactions start {iso_day(first_ts)}. Lower min_window_items or raise max_window_extensions"
+            )
         log.info("window from %s keeps %d items (< %d): moving the start back one year",
                  start, n_items, cfg.min_window_items)
         start = start.replace(year=start.year - 1)
@@ -129,25 +146,41 @@ def preprocess(raw: RawCatalog, cfg: PreprocessConfig, resplit: bool = False) ->
         if resplit:
             samples = chronological_split(samples.drop(columns="split"), cfg.split)
     else:
-        source = raw.sources.get("meta") or raw.sources.get("items", "")
-        items, stats["items_dropped_title"] = filter_titles(raw.items, cfg, source)
+        # Readers guarantee non-empty files and interactions that name catalog items; each step
+        # below that can still leave nothing says why, and advises only the setting that applies.
+        catalog = raw.sources.get("meta") or raw.sources.get("items", "")
+        source = raw.sources.get("reviews") or raw.sources.get("interactions", "")
+        items, dropped = filter_titles(raw.items, cfg, catalog)
+        stats["items_dropped_title"] = dropped
         inter = raw.interactions
         stats["interactions_raw"] = int(len(inter))
         inter = inter.loc[inter["item_id"].isin(set(items["item_id"]))]
         stats["interactions_known_items"] = int(len(inter))
-        inter, window = window_kcore(inter, cfg)
-        stats["window"] = window
         if inter.empty:
-            raise IngestError(
-                "no interactions left after preprocessing (raw "
-                f"{stats['interactions_raw']:,}, with a kept item {stats['interactions_known_items']:,}, "
-                f"in window {window['in_window']:,}, after {cfg.k_core}-core 0); relax "
-                "ingest.preprocess.k_core or widen window_start/window_end"
+            raise InputError(f"{source}: no interaction names an item that passes the title filter of {catalog} "
+                             f"(items dropped: {dropped})")
+        first, last = iso_day(int(inter["timestamp"].min())), iso_day(int(inter["timestamp"].max()))
+        inter, window = window_kcore(inter, cfg, source)
+        stats["window"] = window
+        if window["in_window"] == 0:
+            raise InputError(
+                f"{source}: no interaction falls in the review window [{window['start'] or 'no start'}, "
+                f"{window['end'] or 'no end'}); the interactions span {first}..{last}. Set "
+                "ingest.preprocess.window_start / window_end to cover them (null: no bound)"
+            )
+        if inter.empty:
+            outside = stats["interactions_known_items"] - window["in_window"]
+            raise InputError(
+                f"{source}: the {cfg.k_core}-core leaves no interaction: of the {window['in_window']:,} in the "
+                f"review window, every one has a user or an item with fewer than {cfg.k_core} interactions. Lower "
+                "ingest.preprocess.k_core"
+                + (f", or widen window_start / window_end ({outside:,} interactions fall outside)" if outside else "")
             )
         items = items.loc[items["item_id"].isin(set(inter["item_id"]))].reset_index(drop=True)
         samples = chronological_split(sliding_samples(inter, cfg.max_history), cfg.split)
-    if samples.empty:
-        raise IngestError("no samples left after preprocessing")
+        if samples.empty:
+            raise InputError(f"{source}: no samples: no user has two interactions left "
+                             f"(ingest.preprocess.k_core is {cfg.k_core})")
 
     history_len = samples["history"].map(len).to_numpy()
     stats.update({

@@ -1,170 +1,145 @@
-"""Bad input gets a clear error naming the file, line, row or field, and no partial output."""
+"""Imperfect input that ingest accepts (with a warning or a filter), and the settings its error
+messages advise actually working. Input it rejects is a row of the reliability table
+(``tests/reliability/test_ingest_inputs.py``), run through the stage CLI."""
 
 from __future__ import annotations
 
+import datetime as dt
 import gzip
 import json
+import logging
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
-from components.common.stage import StageContext
-from components.ingest import STAGE
+from components.common.errors import InputError
 from components.ingest.preprocess import preprocess
-from components.ingest.readers import IngestError, read_catalog
-from tests.ingest.helpers import config, grid_interactions, write_jsonl
+from components.ingest.readers import read_catalog
+from tests.ingest.helpers import (
+    amazon18_files,
+    amazon23_files,
+    config,
+    grid_interactions,
+    parquet_files,
+    release_pack,
+)
 
 
 def ingest(cfg):
-    return preprocess(read_catalog(cfg), cfg.preprocess)
+    return preprocess(read_catalog(cfg), cfg.preprocess, resplit=cfg.resplit)
 
 
-def amazon18(tmp_path, meta=None, reviews=None):
-    meta = meta if meta is not None else [{"asin": f"i{k}", "title": f"Item number {k}"} for k in range(8)]
-    if reviews is None:
-        reviews = [{"reviewerID": r.user_id, "asin": r.item_id, "unixReviewTime": int(r.timestamp)}
-                   for r in grid_interactions().itertuples()]
-    write_jsonl(tmp_path / "meta.json.gz", meta)
-    write_jsonl(tmp_path / "reviews.json.gz", reviews)
-    return config("amazon18", tmp_path, k_core=2)
-
-
-def test_valid_baseline(tmp_path):
-    items, samples, _ = ingest(amazon18(tmp_path))
-    assert len(items) == 8 and len(samples) > 0
-
-
-def test_missing_file(tmp_path):
-    write_jsonl(tmp_path / "meta.json.gz", [{"asin": "a", "title": "A thing"}])
-    with pytest.raises(IngestError, match=r"ingest\.files\.reviews: .*reviews\.json\.gz"):
-        ingest(config("amazon18", tmp_path))
-
-
-def test_malformed_json_line_names_file_and_line(tmp_path):
-    reviews = [{"reviewerID": "u", "asin": "i0", "unixReviewTime": 1}] * 3 + ['{"reviewerID": "u", "asin": ']
-    with pytest.raises(IngestError, match=r"reviews\.json\.gz line 4: malformed JSON"):
-        ingest(amazon18(tmp_path, reviews=reviews))
+def with_settings(cfg, **fields):
+    """``cfg`` with ingest fields and (``preprocess__x``) preprocess fields replaced, validated."""
+    pre = {k.removeprefix("preprocess__"): v for k, v in fields.items() if k.startswith("preprocess__")}
+    top = {k: v for k, v in fields.items() if not k.startswith("preprocess__")}
+    data = cfg.model_dump() | top
+    data["preprocess"] = data["preprocess"] | pre
+    return type(cfg).model_validate(data)
 
 
 def test_uncompressed_json_lines_work_too(tmp_path):
-    cfg = amazon18(tmp_path)
+    amazon18_files(tmp_path)
     raw = gzip.decompress((tmp_path / "reviews.json.gz").read_bytes())
     (tmp_path / "reviews.json").write_bytes(raw)
-    cfg = config("amazon18", tmp_path, k_core=2).model_copy(update={"files": {"reviews": "reviews.json"}})
+    cfg = with_settings(config("amazon18", tmp_path, k_core=2), files={"reviews": "reviews.json"})
     assert len(ingest(cfg)[1]) > 0
 
 
-def test_duplicate_item_ids(tmp_path):
-    meta = [{"asin": "i0", "title": "One"}, {"asin": "i1", "title": "Two"}, {"asin": "i0", "title": "Again"}]
-    with pytest.raises(IngestError, match=r"meta\.json\.gz: duplicate item id 'i0' at lines 1 and 3"):
-        ingest(amazon18(tmp_path, meta=meta))
-
-
-def test_missing_field_names_line(tmp_path):
-    reviews = [{"reviewerID": "u", "asin": "i0", "unixReviewTime": 5}, {"reviewerID": "u", "asin": "i1"}]
-    with pytest.raises(IngestError, match=r"line 2: missing field 'unixReviewTime'"):
-        ingest(amazon18(tmp_path, reviews=reviews))
-
-
-@pytest.mark.parametrize("bad", ["abc", None, float("nan"), -5])
-def test_unparseable_or_nan_timestamp(tmp_path, bad):
-    reviews = [{"reviewerID": "u", "asin": "i0", "unixReviewTime": 5}, {"reviewerID": "u", "asin": "i1",
-                                                                        "unixReviewTime": bad}]
-    with pytest.raises(IngestError, match=r"line 2: (unixReviewTime .* is not a unix timestamp|missing field)"):
-        ingest(amazon18(tmp_path, reviews=reviews))
-
-
-def test_empty_titles_are_errors_when_not_filtering(tmp_path):
+def test_invalid_titles_are_dropped_by_the_filter(tmp_path):
     meta = [{"asin": f"i{k}", "title": f"Item {k}" if k != 5 else ""} for k in range(8)]
-    cfg = amazon18(tmp_path, meta=meta)
-    assert len(ingest(cfg)[0]) == 7  # the recipe's filter drops it
-    strict = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"title_filter": False})})
-    with pytest.raises(IngestError, match=r"meta\.json\.gz: 1 item\(s\) with an invalid title.*'i5'"):
-        ingest(strict)
+    items, _, stats = ingest(config("amazon18", amazon18_files(tmp_path, meta=meta), k_core=2))
+    assert len(items) == 7 and stats["items_dropped_title"] == {"empty": 1}
 
 
-def test_empty_result_after_filtering(tmp_path):
-    cfg = amazon18(tmp_path)
-    cfg = cfg.model_copy(update={"preprocess": cfg.preprocess.model_copy(update={"k_core": 50})})
-    with pytest.raises(IngestError, match=r"no interactions left after preprocessing.*50-core"):
+def test_few_unknown_items_are_dropped_with_a_warning(tmp_path, caplog):
+    reviews = [{"reviewerID": r.user_id, "asin": r.item_id if r.Index % 10 else "gone", "unixReviewTime": int(r.timestamp)}
+               for r in grid_interactions().itertuples()]  # 8 of 72 name an item meta lacks
+    cfg = config("amazon18", amazon18_files(tmp_path, reviews=reviews), k_core=2)
+    with caplog.at_level(logging.WARNING, logger="components.ingest.readers"):
+        _, samples, stats = ingest(cfg)
+    assert "11.1% of the interactions (8 of 72) name items absent from" in caplog.text and "'gone'" in caplog.text
+    assert stats["interactions_unknown_item"] == 8 and stats["interactions_known_items"] == 64
+    assert "gone" not in set(samples.target)
+    # the same share is an error once it exceeds the configured bound
+    with pytest.raises(InputError, match=r"11% of the interactions \(8 of 72\).*max_unknown_item_share \(10%\)"):
+        ingest(with_settings(cfg, preprocess__max_unknown_item_share=0.1))
+
+
+def test_the_advised_timestamp_unit_reads_amazon23_seconds(tmp_path):
+    reviews = [{"user_id": r.user_id, "parent_asin": r.item_id, "timestamp": int(r.timestamp)}
+               for r in grid_interactions().itertuples()]
+    cfg = config("amazon23", amazon23_files(tmp_path, reviews=reviews), k_core=2)
+    with pytest.raises(InputError, match="set ingest.timestamp_unit=s"):
         ingest(cfg)
+    _, samples, _ = ingest(with_settings(cfg, timestamp_unit="s"))
+    assert samples.timestamp.min() > 1_500_000_000  # July 2017, as written
 
 
-def _parquet(tmp_path, items=None, interactions=None):
+def test_the_advised_window_covers_reviews_outside_it(tmp_path):
+    """Reviews of 2020 miss the recipe's 2016-10..2018-11 window; the advised setting takes them."""
+    reviews = [{"reviewerID": r.user_id, "asin": r.item_id, "unixReviewTime": int(r.timestamp) + 100_000_000}
+               for r in grid_interactions().itertuples()]
+    cfg = config("amazon18", amazon18_files(tmp_path, reviews=reviews), k_core=2,
+                 window_start=dt.date(2016, 10, 1), window_end=dt.date(2018, 12, 1))
+    with pytest.raises(InputError, match="window_start / window_end to cover them"):
+        ingest(cfg)
+    assert len(ingest(with_settings(cfg, preprocess__window_end=None))[1]) > 0
+
+
+def test_window_extension_stops_where_the_interactions_start(tmp_path):
+    """Too few items but no older interaction: the window cannot grow, so ingest keeps what it has."""
+    cfg = config("amazon18", amazon18_files(tmp_path), k_core=2, window_start=dt.date(2017, 8, 1),
+                 min_window_items=100, max_window_extensions=1)
+    _, _, stats = ingest(cfg)
+    assert stats["window"]["extended_years"] == 1 and stats["window"]["start"] == "2016-08-01"
+
+
+def test_release_files_with_a_byte_order_mark(tmp_path):
+    release_pack(tmp_path)
+    for name in ("item.json", "test.csv"):
+        (tmp_path / name).write_bytes(b"\xef\xbb\xbf" + (tmp_path / name).read_bytes())
+    items, samples, _ = ingest(config("release", tmp_path))
+    assert len(items) == 6 and samples.split.tolist() == ["train", "train", "valid", "test"]
+
+
+def test_release_split_with_a_header_only(tmp_path, caplog):
+    release_pack(tmp_path)
+    (tmp_path / "valid.csv").write_text((tmp_path / "valid.csv").read_text().splitlines()[0] + "\n")
+    with caplog.at_level(logging.WARNING, logger="components.ingest.readers"):
+        _, samples, _ = ingest(config("release", tmp_path))
+    assert "valid.csv has a header but no rows" in caplog.text
+    assert samples.split.tolist() == ["train", "train", "test"]
+
+
+def test_release_nested_keys_may_repeat_across_items(tmp_path):
+    """Duplicate detection is per object: every item has a 'title', and ids may look like fields."""
+    items = {"title": {"title": "An item called title"}, "1": {"title": "One thing"}}
+    (tmp_path / "item.json").write_text(json.dumps(items))
+    (tmp_path / "test.csv").write_text("user_id,history_item_id,item_id\nu,['title'],1\n")
+    items, samples, _ = ingest(config("release", tmp_path))
+    assert set(items.item_id) == {"title", "1"} and samples.history.iloc[0] == ["title"]
+
+
+def test_parquet_dictionary_encoded_and_integer_columns(tmp_path):
+    titles = pa.array([f"Thing number {k}" for k in range(8)]).dictionary_encode()
+    parquet_files(tmp_path, items=pa.table({"item_id": [f"i{k}" for k in range(8)], "title": titles,
+                                            "brand": pa.nulls(8, pa.string())}))
+    items, samples, _ = ingest(config("parquet", tmp_path, k_core=2))
+    assert items.title.tolist()[0] == "Thing number 0" and items.brand.eq("").all() and len(samples) > 0
+
+
+def test_parquet_integer_ids_in_both_files(tmp_path):
     inter = grid_interactions()
-    pq.write_table(interactions if interactions is not None else pa.table(
-        {"user_id": inter.user_id, "item_id": inter.item_id, "timestamp": inter.timestamp}),
-        tmp_path / "interactions.parquet")
-    pq.write_table(items if items is not None else pa.table(
-        {"item_id": [f"i{k}" for k in range(8)], "title": [f"T {k}" for k in range(8)]}),
-        tmp_path / "items.parquet")
-    return config("parquet", tmp_path, k_core=2)
+    ids = inter.item_id.str[1:].astype(int)
+    parquet_files(tmp_path, items=pa.table({"item_id": list(range(8)), "title": [f"T {k}" for k in range(8)]}),
+                  interactions=pa.table({"user_id": inter.user_id, "item_id": ids, "timestamp": inter.timestamp}))
+    items, samples, _ = ingest(config("parquet", tmp_path, k_core=2))
+    assert set(items.item_id) == {str(k) for k in range(8)} and set(samples.target) <= set(items.item_id)
 
 
-def test_parquet_missing_or_misspelled_column(tmp_path):
-    items = pa.table({"item_id": ["i0"], "tittle": ["typo"]})
-    with pytest.raises(IngestError, match=r"items\.parquet: missing column 'title'.*ingest\.columns\.title"):
-        ingest(_parquet(tmp_path, items=items))
-
-
-def test_parquet_duplicate_ids(tmp_path):
-    items = pa.table({"item_id": ["i0", "i1", "i0"], "title": ["a b", "c d", "e f"]})
-    with pytest.raises(IngestError, match=r"duplicate item id 'i0' at rows 0 and 2"):
-        ingest(_parquet(tmp_path, items=items))
-
-
-def test_parquet_empty_title(tmp_path):
-    items = pa.table({"item_id": ["i0", "i1"], "title": ["ok title", ""]})
-    with pytest.raises(IngestError, match=r"items\.parquet: 1 item\(s\) with an empty title.*'i1'"):
-        ingest(_parquet(tmp_path, items=items))
-
-
-def test_parquet_nan_and_unparseable_timestamps(tmp_path):
-    inter = pa.table({"user_id": ["u", "u"], "item_id": ["i0", "i1"], "timestamp": [1.0, float("nan")]})
-    with pytest.raises(IngestError, match=r"interactions\.parquet: column timestamp has 1 NaN/null value\(s\) \(first at row 1\)"):
-        ingest(_parquet(tmp_path, interactions=inter))
-    inter = pa.table({"user_id": ["u", "u"], "item_id": ["i0", "i1"], "timestamp": ["2018-01-01", "yesterday"]})
-    with pytest.raises(IngestError, match=r"column timestamp row 1: 'yesterday' is not a timestamp"):
-        ingest(_parquet(tmp_path, interactions=inter))
-
-
-def test_parquet_wrong_type_file(tmp_path):
-    _parquet(tmp_path)
-    (tmp_path / "items.parquet").write_text("not parquet")
-    with pytest.raises(Exception, match=r"items\.parquet: not a readable Parquet file"):
-        ingest(config("parquet", tmp_path))
-
-
-def test_release_unknown_history_item(tmp_path):
-    (tmp_path / "item.json").write_text(json.dumps({"1": {"title": "A b"}, "2": {"title": "C d"}}))
-    (tmp_path / "test.csv").write_text("user_id,history_item_id,item_id\nu,[1],2\nu,\"[1, 9]\",2\n")
-    with pytest.raises(IngestError, match=r"test\.csv line 3: item '9' is not in"):
-        ingest(config("release", tmp_path))
-
-
-def test_release_malformed_history(tmp_path):
-    (tmp_path / "item.json").write_text(json.dumps({"1": {"title": "A b"}}))
-    (tmp_path / "valid.csv").write_text("user_id,history_item_id,item_id\nu,[1,1\n")
-    with pytest.raises(IngestError, match=r"valid\.csv line 2: column history_item_id is not a list"):
-        ingest(config("release", tmp_path))
-
-
-def test_release_without_any_split(tmp_path):
-    (tmp_path / "item.json").write_text(json.dumps({"1": {"title": "A b"}}))
-    with pytest.raises(IngestError, match="no split file found"):
-        ingest(config("release", tmp_path))
-
-
-def test_stage_failure_leaves_no_output(tmp_path, mlflow_server):
-    reviews = [{"reviewerID": "u", "asin": "i0", "unixReviewTime": 5}, "{broken"]
-    cfg = amazon18(tmp_path / "in", reviews=reviews)
-    out = tmp_path / "out"
-    out.mkdir()
-    ctx = StageContext(run_key="cli-bad", pipeline_name="t", profile="t", config_hash="x",
-                       tracking_uri=mlflow_server, experiment="ingest-bad", cache_uri=str(tmp_path / "c"),
-                       seed=1, final_stage="ingest")
-    outputs = {name: str(out / kind.file) for name, kind in STAGE.outputs.items()}
-    with pytest.raises(IngestError, match="line 2: malformed JSON"):
-        STAGE.execute(cfg, ctx, {}, outputs)
-    assert list(out.iterdir()) == []
+def test_amazon23_details_that_are_not_an_object(tmp_path):
+    meta = [{"parent_asin": f"i{k}", "title": f"Widget {k}", "details": {"Brand": "Acme"} if k else "n/a"}
+            for k in range(8)]
+    items, _, _ = ingest(config("amazon23", amazon23_files(tmp_path, meta=meta), k_core=2))
+    assert items.set_index("item_id").brand.to_dict() == {"i0": "", **{f"i{k}": "Acme" for k in range(1, 8)}}

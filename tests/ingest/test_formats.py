@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -12,7 +10,7 @@ from components.common.config import parse_section
 from components.ingest.config import IngestConfig
 from components.ingest.preprocess import preprocess
 from components.ingest.readers import read_catalog
-from tests.ingest.helpers import config, grid_interactions, write_jsonl
+from tests.ingest.helpers import amazon23_files, config, grid_interactions, release_pack
 
 
 def run_ingest(cfg: IngestConfig):
@@ -49,14 +47,7 @@ def test_amazon18_demo_catalog(demo_data):
 
 
 def test_amazon23_raw(tmp_path):
-    inter = grid_interactions()
-    write_jsonl(tmp_path / "meta.jsonl.gz", [
-        {"parent_asin": f"i{k}", "title": f"Widget &amp; Gadget {k}", "store": f"Brand{k % 3}",
-         "description": ["<b>Great</b> widget", "for desks"], "categories": ["Office", "Desk"],
-         "details": {"Color": "red"}} for k in range(8)])
-    write_jsonl(tmp_path / "reviews.jsonl.gz", [
-        {"user_id": r.user_id, "parent_asin": r.item_id, "asin": "child", "timestamp": int(r.timestamp) * 1000,
-         "rating": 5.0, "text": "ok"} for r in inter.itertuples()])
+    amazon23_files(tmp_path)
     items, samples, _ = run_ingest(config("amazon23", tmp_path, k_core=2))
     check_contracts(items, samples)
     row = items.set_index("item_id").loc["i1"]
@@ -83,23 +74,8 @@ def test_generic_parquet_with_column_mapping(tmp_path):
     assert items.brand.eq("").all() and items.categories.iloc[0] == ["A", "B"]
 
 
-def _release_pack(root, with_train=True):
-    items = {str(k): {"title": f"Item {k}", "description": f"['desc {k}']", "brand": "B",
-                      "categories": ""} for k in range(6)}
-    (root / "item.json").write_text(json.dumps(items))
-    (root / "index.json").write_text(json.dumps({str(k): [f"<a_{k}>", "<b_0>", "<c_1>"] for k in range(6)}))
-    header = "user_id,history_item_title,item_title,history_item_id,item_id,history_item_sid,item_sid\n"
-    splits = {"train": ["u1,[],x,\"[0, 1]\",2,[],s", "u2,[],x,[3],4,[],s"],
-              "valid": ["u1,[],x,\"[0, 1, 2]\",3,[],s"], "test": ["u2,[],x,\"[3, 4, 4]\",5,[],s"]}
-    for split, rows in splits.items():
-        if split == "train" and not with_train:
-            continue
-        (root / f"{split}.csv").write_text(header + "\n".join(rows) + "\n")
-    return root
-
-
 def test_release_pack_with_all_splits(tmp_path):
-    items, samples, stats = run_ingest(config("release", _release_pack(tmp_path)))
+    items, samples, stats = run_ingest(config("release", release_pack(tmp_path)))
     check_contracts(items, samples)
     assert samples.split.tolist() == ["train", "train", "valid", "test"]
     assert samples.history.iloc[3] == ["3", "4", "4"]
@@ -109,7 +85,7 @@ def test_release_pack_with_all_splits(tmp_path):
 
 
 def test_release_pack_missing_train_split(tmp_path):
-    items, samples, stats = run_ingest(config("release", _release_pack(tmp_path, with_train=False)))
+    items, samples, stats = run_ingest(config("release", release_pack(tmp_path, with_train=False)))
     assert stats["missing_splits"] == ["train"]
     assert samples.split.tolist() == ["valid", "test"]
     assert len(items) == 6  # the whole catalog, including items no sample mentions
