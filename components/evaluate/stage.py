@@ -34,6 +34,7 @@ import pyarrow as pa
 from components.common import sid as sid_codec
 from components.common import storage
 from components.common.constrained import SidTrie, missing_tokens
+from components.common.decoding import Decoded
 from components.common.lineage import StageRun
 from components.common.modeling import local_model_dir
 from components.common.registry import PRODUCTION_MODEL, continued_from
@@ -41,7 +42,7 @@ from components.common.stage import Stage, StageContext
 from components.evaluate.baselines import Ranking, SasrecBaseline, popularity
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.data import Catalog, EvaluationInputError, load_catalog, load_samples, select_rows
-from components.evaluate.decoding import Decoded, decode_all
+from components.evaluate.decoding import decode_all
 from components.evaluate.metrics import metric_rows, target_rank
 from components.evaluate.report import format_metrics_table, render_report
 

@@ -4,6 +4,7 @@ catalog of 40 of its SIDs, and prompts of both kinds the stages decode."""
 from __future__ import annotations
 
 import random
+from pathlib import Path
 
 import pytest
 
@@ -14,10 +15,15 @@ CODEBOOKS = (4, 5, 6)
 
 
 @pytest.fixture(scope="session")
-def sid_model(tmp_path_factory):
+def sid_model_dir(tmp_path_factory) -> Path:
+    """The tiny model's ``save_pretrained`` folder."""
+    return build_sid_model(tmp_path_factory.mktemp("constrained") / "model", CODEBOOKS, seed=3)
+
+
+@pytest.fixture(scope="session")
+def sid_model(sid_model_dir):
     """(model, tokenizer, catalog SIDs)."""
-    out = build_sid_model(tmp_path_factory.mktemp("constrained") / "model", CODEBOOKS, seed=3)
-    model, tok = modeling.load_causal_lm(out)
+    model, tok = modeling.load_causal_lm(sid_model_dir)
     model.eval()
     rng = random.Random(7)
     codes = sorted({tuple(rng.randrange(n) for n in CODEBOOKS) for _ in range(40)})

@@ -59,11 +59,13 @@ class _Request:
     params: Any
     output: list[int] = field(default_factory=list)
     logprobs: list[dict] = field(default_factory=list)
-    stop_reason: int | None = None
+    text: str = ""
+    stop_reason: int | str | None = None
+    finished: bool = False
     slot: int = -1
 
     def done(self) -> bool:
-        return self.stop_reason is not None or len(self.output) >= self.params.max_tokens
+        return self.finished or len(self.output) >= self.params.max_tokens
 
 
 @dataclass
@@ -77,8 +79,9 @@ class Processed:
 
 
 class _FakeEngine:
-    def __init__(self, model: Any, processor: Any, *, max_num_seqs: int = 3, seed: int = 0):
+    def __init__(self, model: Any, processor: Any, *, max_num_seqs: int = 3, seed: int = 0, tokenizer: Any = None):
         self.model, self.processor, self.max_num_seqs = model, processor, max_num_seqs
+        self.tokenizer = tokenizer  # given: outputs carry text, EOS and stop strings end requests
         self.rng = random.Random(seed)
         self.generator = torch.Generator().manual_seed(seed)
         self.trace: list[Processed] = []
@@ -96,25 +99,37 @@ class _FakeEngine:
         return int(torch.multinomial(probs, 1, generator=self.generator))
 
     def _commit(self, request: _Request, token: int, row: torch.Tensor) -> None:
-        """Append a sampled token and its processed_logits log-probabilities."""
-        wanted = getattr(request.params, "logprobs", None)
+        """Append a sampled token and its processed_logits log-probabilities; end the request on a
+        stop token (left out of the output), EOS (kept) or a stop string (cut from the text)."""
+        params = request.params
+        wanted = getattr(params, "logprobs", None)
         if wanted:
             top = {int(t): SimpleNamespace(logprob=float(row[t])) for t in row.topk(wanted).indices}
             top.setdefault(token, SimpleNamespace(logprob=float(row[token])))
             request.logprobs.append(top)
-        stops = getattr(request.params, "stop_token_ids", None) or []
-        if token in stops:
-            request.stop_reason = token  # vLLM leaves a stop token out of the output
-        else:
-            request.output.append(token)
+        if token in (getattr(params, "stop_token_ids", None) or []):
+            request.stop_reason, request.finished = token, True
+            return
+        request.output.append(token)
+        if self.tokenizer is None:
+            return
+        request.finished = token == self.tokenizer.eos_token_id
+        request.text = self.tokenizer.decode(request.output,
+                                             skip_special_tokens=getattr(params, "skip_special_tokens", True))
+        for stop in getattr(params, "stop", None) or []:
+            if stop in request.text:
+                request.text = request.text[: request.text.index(stop)]
+                request.stop_reason, request.finished = stop, True
 
-    def generate(self, prompts: list[dict], params: Any, use_tqdm: bool = False) -> list[Any]:
+    def generate(self, prompts: list[dict | str], params: Any, use_tqdm: bool = False) -> list[Any]:
         self.generate_calls += 1
         every = params if isinstance(params, list) else [params] * len(prompts)
+        prompts = [{"prompt_token_ids": self.tokenizer(p, add_special_tokens=False).input_ids}
+                   if isinstance(p, str) else p for p in prompts]  # text prompts (no BOS in these tokenizers)
         groups = [[_Request(i, list(p["prompt_token_ids"]), sp) for _ in range(getattr(sp, "n", 1))]
                   for i, (p, sp) in enumerate(zip(prompts, every))]  # SamplingParams.n completions each
         self._run([r for group in groups for r in group])
-        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(r.output), logprobs=r.logprobs,
+        return [SimpleNamespace(outputs=[SimpleNamespace(token_ids=list(r.output), text=r.text, logprobs=r.logprobs,
                                                          stop_reason=r.stop_reason) for r in group])
                 for group in groups]
 
@@ -183,13 +198,15 @@ class FakeV2Engine(_FakeEngine):
     Build the processor with :meth:`request_state` (the ``LogitsProcRequestState`` it reads)."""
 
     def __init__(self, model: Any, processor_cls: Any, *, max_num_seqs: int = 3, seed: int = 0,
-                 max_model_len: int = 512, chunk_prompts_over: int = 64, vllm_config: Any = None):
+                 max_model_len: int = 512, chunk_prompts_over: int = 64, vllm_config: Any = None,
+                 tokenizer: Any = None):
         self.max_model_len, self.chunk_prompts_over = max_model_len, chunk_prompts_over
         self.req_states = self.request_state(model, max_num_seqs, max_model_len)
         self.free = list(range(max_num_seqs))  # RequestState.free_indices
         self.needs_processing = np.zeros(max_num_seqs, dtype=bool)
         super().__init__(model, processor_cls(vllm_config or SimpleNamespace(speculative_config=None),
-                                              self.req_states), max_num_seqs=max_num_seqs, seed=seed)
+                                              self.req_states), max_num_seqs=max_num_seqs, seed=seed,
+                         tokenizer=tokenizer)
 
     @staticmethod
     def request_state(model: Any, max_num_reqs: int, max_model_len: int) -> Any:
@@ -240,9 +257,8 @@ class FakeV2Engine(_FakeEngine):
                 if seq_lens[row] < total:
                     continue  # a partial prefill chunk: no output token
                 self._commit(request, token, processed[row])
-                if request.stop_reason is None:  # post_update: the token joins all_token_ids
-                    state.all_token_ids.gpu[slot, total] = token
-                    state.total_len.gpu[slot] = total + 1
+                state.all_token_ids.gpu[slot, total] = token  # post_update
+                state.total_len.gpu[slot] = total + 1
                 if request.done():
                     running.remove(request)
                     self.free.append(slot)  # RequestState.remove_request; processors are not told
