@@ -95,14 +95,13 @@ class Decoded:
 
 
 def split_reasoning(generated: str) -> tuple[str, bool]:
-    """The reasoning text of a greedy continuation of the reasoning prompt, and whether the
-    model closed the think block: an opening ``<think>`` is dropped, the text is cut at
-    ``</think>``."""
-    text = generated.lstrip()
-    if text.startswith(THINK_OPEN):
-        text = text[len(THINK_OPEN):]
-    closed = THINK_CLOSE in text
-    return text.split(THINK_CLOSE, 1)[0].strip(), closed
+    """The reasoning of a greedy continuation of the reasoning prompt, and whether the model
+    closed the think block. Parsed as Qwen3's chat template parses an assistant turn: the text
+    before ``</think>`` and after the last ``<think>``, newlines around it dropped; so
+    ``think_block`` of it rebuilds what the model wrote."""
+    closed = THINK_CLOSE in generated
+    reasoning = generated.split(THINK_CLOSE, 1)[0].rstrip("\n").split(THINK_OPEN)[-1].lstrip("\n")
+    return reasoning, closed
 
 
 def resolve_device(settings: DecoderSettings, shard: int) -> torch.device:
