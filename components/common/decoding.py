@@ -2,7 +2,8 @@
 
 Shared by every consumer of a trained model (the evaluation stage; later a batch recommend stage
 and the MLflow pyfunc): no stage imports another, so the engines live here with a settings object
-of their own (:class:`DecoderSettings`) that each consumer fills from its config.
+of their own (:class:`~components.common.decoding_config.DecoderSettings`, importable without
+torch so configs can embed it) that each consumer fills from its config.
 
 Modes (the prompts are :mod:`components.common.prompts`, the strings the training stages train on):
 
@@ -34,50 +35,20 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from components.common import prompts
-from components.common.config import Section
 from components.common.constrained import RankedSids, SidTrie, constrained_beam_search, ensure_pad_token
+from components.common.decoding_config import DecoderSettings, Mode
 from components.common.logs import Progress, setup_logging
 from components.common.modeling import THINK_CLOSE, THINK_OPEN, load_causal_lm
 
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-Mode = Literal["direct", "thinking"]
-
-
-class VllmEngineSettings(Section):
-    """vLLM engine settings (``engine: vllm``, GPU image only)."""
-
-    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)
-    max_model_len: int = Field(2048, ge=64)
-    tensor_parallel_size: int = Field(1, ge=1)
-    enforce_eager: bool = False
-
-
-class DecoderSettings(Section):
-    """How a model is decoded: engine, device, dtype, beam width, batch sizes, reasoning budget."""
-
-    engine: Literal["transformers", "vllm"] = "transformers"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    """auto: CUDA when available, else CPU."""
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    """Model weights dtype (auto: the checkpoint's)."""
-    beam_width: int = Field(10, ge=1)
-    """Beams of the constrained SID search = length of every ranked list."""
-    batch_size: int = Field(8, ge=1)
-    """transformers: prompts per constrained beam search batch (vLLM takes a whole shard)."""
-    reasoning_batch_size: int = Field(4, ge=1)
-    """transformers: prompts per greedy reasoning batch (vLLM takes a whole shard)."""
-    max_reasoning_tokens: int = Field(1024, ge=1)
-    """Most reasoning tokens before the think block is cut and closed."""
-    vllm: VllmEngineSettings = Field(default_factory=VllmEngineSettings)
 
 
 @dataclass

@@ -12,9 +12,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.common.config import Section
+from components.common.decoding_config import Mode, VllmEngineSettings
 from components.common.registry import PRODUCTION_MODEL
 
-Mode = Literal["direct", "thinking"]
 Baseline = Literal["popularity", "sasrec"]
 RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", PRODUCTION_MODEL})
 
@@ -58,19 +58,6 @@ class SasrecConfig(Section):
         return self
 
 
-class VllmSettings(Section):
-    """vLLM engine settings (``engine: vllm``, GPU image only)."""
-
-    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)
-    """Fraction of each GPU's memory vLLM may use (recipe: 0.8)."""
-    max_model_len: int = Field(2048, ge=64)
-    """Longest prompt + generation (recipe: 2048)."""
-    tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs per model replica (the recipe's 1.7B model needs 1)."""
-    enforce_eager: bool = False
-    """Disable CUDA graphs (slower, less memory)."""
-
-
 class EvaluateConfig(Section):
     """How the model under test is decoded and scored, and the baselines beside it."""
 
@@ -110,7 +97,8 @@ class EvaluateConfig(Section):
     shards: int = Field(1, ge=1, le=64)
     """Data-parallel shards: the rows are split into this many contiguous parts, each decoded
     by its own process on its own GPU (cuda:i), then merged in order. 1 on CPU."""
-    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    vllm: VllmEngineSettings = Field(default_factory=VllmEngineSettings)
+    """vLLM engine settings (``engine: vllm``, GPU image only)."""
     baselines: list[Baseline] = Field(default_factory=lambda: ["popularity", "sasrec"])
     """Baselines scored on the same rows."""
     sasrec: SasrecConfig = Field(default_factory=SasrecConfig)

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from components.common import decoding
-from components.common.decoding import Decoded, DecoderSettings, VllmEngineSettings
+from components.common.decoding import Decoded
+from components.common.decoding_config import DecoderSettings
 from components.evaluate.config import EvaluateConfig
 
 
@@ -20,7 +21,7 @@ def decoder_settings(cfg: EvaluateConfig) -> DecoderSettings:
     return DecoderSettings(engine=cfg.engine, device=cfg.device, dtype=cfg.dtype, beam_width=cfg.beam_width,
                            batch_size=cfg.batch_size, reasoning_batch_size=cfg.reasoning_batch_size,
                            max_reasoning_tokens=cfg.max_reasoning_tokens,
-                           vllm=VllmEngineSettings(**cfg.vllm.model_dump()))
+                           vllm=cfg.vllm)
 
 
 def decode_all(model_dir: str, catalog_sids: Sequence[str], histories: Sequence[Sequence[str]],

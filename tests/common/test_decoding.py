@@ -13,13 +13,13 @@ import torch
 from components.common import decoding, prompts
 from components.common.constrained_vllm import MODEL_RUNNER_ENV, SidTrieV2LogitsProcessor, V2_PROCESSOR_FQCN
 from components.common.decoding import (
-    DecoderSettings,
     TransformersDecoder,
     VllmDecoder,
     decode_mode,
     split_reasoning,
     vllm_engine_kwargs,
 )
+from components.common.decoding_config import DecoderSettings
 from tests.common.fake_vllm import FakeV2Engine
 
 

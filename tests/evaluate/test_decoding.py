@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from components.common.config import parse_section
-from components.common.decoding import DecoderSettings
+from components.common.decoding_config import DecoderSettings
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.decoding import decode_all, decoder_settings
 
