@@ -30,6 +30,20 @@ SHARED = REPO.parent / "shared"
 BIN = Path(sys.executable).parent
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run only where CUDA is visible; elsewhere they are skipped, saying why."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu")]
+    if not gpu_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="gpu test: no CUDA device is visible")
+    for item in gpu_items:
+        item.add_marker(skip)
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -15,12 +16,13 @@ TEXTS = ["Blue gel pen, fine point, 12-pack", "Copy paper, letter size, recycled
          "Ring binder with clear view cover", "Desk organizer in bamboo"] * 10
 
 
-def build_sid_model(out: Path, codebook_sizes: Sequence[int], seed: int = 0) -> Path:
+def build_sid_model(out: Path, codebook_sizes: Sequence[int], seed: int = 0, **shape: Any) -> Path:
     """Save a tiny Qwen3 with every SID token of ``codebook_sizes`` added (``save_pretrained``
-    folder with ``sid_vocab.json``). The SID embeddings are re-drawn at random: mean-resizing
-    makes all new tokens nearly equiprobable, which would leave nothing to rank."""
+    folder with ``sid_vocab.json``; ``shape``: sizes for ``build_tiny_backbone``). The SID
+    embeddings are re-drawn at random: mean-resizing makes all new tokens nearly equiprobable,
+    which would leave nothing to rank."""
     base = backbone.build_tiny_backbone(Path(out).with_name(Path(out).name + "-base"), TEXTS,
-                                        vocab_size=300, seed=seed)
+                                        vocab_size=300, seed=seed, **shape)
     model, tok = modeling.load_causal_lm(base)
     tokens = sid.vocabulary(codebook_sizes)
     backbone.add_sid_tokens(model, tok, tokens)

@@ -29,7 +29,8 @@ Entry points:
   each prompt once and sharing its KV cache across the beams, and returns the ranked SIDs with
   their log-probabilities (what evaluation consumes); :func:`constrained_beam_search_ids` does
   the same from token ids (what GRPO's beam rollouts consume: the prefix is sampled tokens);
-* ``components.common.constrained_vllm`` wraps the same trie as a vLLM V1 logits processor.
+* ``components.common.constrained_vllm`` wraps the same trie as logits processors for both of
+  vLLM's model runners.
 """
 
 from __future__ import annotations

@@ -35,8 +35,10 @@ EMPTY_THINK = f"{THINK_OPEN}\n\n{THINK_CLOSE}\n\n"
 
 
 def think_block(reasoning: str) -> str:
-    """``<think>\\n{reasoning}\\n</think>\\n\\n``: a thinking answer up to the SID."""
-    return f"{THINK_OPEN}\n{reasoning.strip()}\n{THINK_CLOSE}\n\n"
+    """``<think>\\n{reasoning}\\n</think>\\n\\n``: a thinking answer up to the SID, as Qwen3's chat
+    template renders an assistant turn's reasoning (newlines around it dropped, nothing else)."""
+    body = reasoning.strip("\n")
+    return f"{THINK_OPEN}\n{body}\n{THINK_CLOSE}\n\n"
 
 
 def _history(sids: Sequence[str]) -> str:

@@ -12,9 +12,9 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from components.common.config import Section
+from components.common.decoding_config import Mode, VllmEngineSettings
 from components.common.registry import PRODUCTION_MODEL
 
-Mode = Literal["direct", "thinking"]
 #: Names the metrics give to other models: the baselines' and production's.
 RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", "sasrec_ce", PRODUCTION_MODEL})
 
@@ -22,19 +22,6 @@ RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", "sasrec_ce", PRODUCTIO
 BASE_KS = (1, 3, 5, 10)
 WIDE_KS = (20, 50)
 MAX_BEAM_WIDTH = 50
-
-
-class VllmSettings(Section):
-    """vLLM engine settings (``engine: vllm``, GPU image only)."""
-
-    gpu_memory_utilization: float = Field(0.8, gt=0, le=1)
-    """Fraction of each GPU's memory vLLM may use (recipe: 0.8)."""
-    max_model_len: int = Field(2048, ge=64)
-    """Longest prompt + generation (recipe: 2048)."""
-    tensor_parallel_size: int = Field(1, ge=1)
-    """GPUs per model replica (the recipe's 1.7B model needs 1)."""
-    enforce_eager: bool = False
-    """Disable CUDA graphs (slower, less memory)."""
 
 
 class EvaluateConfig(Section):
@@ -76,7 +63,8 @@ class EvaluateConfig(Section):
     shards: int = Field(1, ge=1, le=64)
     """Data-parallel shards: the rows are split into this many contiguous parts, each decoded
     by its own process on its own GPU (cuda:i), then merged in order. 1 on CPU."""
-    vllm: VllmSettings = Field(default_factory=VllmSettings)
+    vllm: VllmEngineSettings = Field(default_factory=VllmEngineSettings)
+    """vLLM engine settings (``engine: vllm``, GPU image only)."""
     report_users: int = Field(6, ge=0)
     """Sample users shown in the HTML report."""
 

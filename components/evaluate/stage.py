@@ -35,6 +35,7 @@ from components.common import artifacts, storage
 from components.common import sid as sid_codec
 from components.common.artifacts import METRICS_SCHEMA, PREDICTIONS_SCHEMA, Catalog
 from components.common.constrained import SidTrie, missing_tokens
+from components.common.decoding import Decoded
 from components.common.errors import InputError
 from components.common.lineage import StageRun
 from components.common.modeling import local_model_dir
@@ -42,7 +43,7 @@ from components.common.registry import PRODUCTION_MODEL, continued_from
 from components.common.stage import StageContext
 from components.evaluate.config import EvaluateConfig
 from components.evaluate.data import samples_frame, select_rows
-from components.evaluate.decoding import Decoded, decode_all
+from components.evaluate.decoding import decode_all
 from components.evaluate.metrics import metric_rows, target_rank
 from components.evaluate.report import format_metrics_table, render_report
 

@@ -180,21 +180,20 @@ class VllmEngine:
 
 @contextlib.contextmanager
 def colocated_vllm_with_trie(beam_width: int) -> Iterator[None]:
-    """While GRPOTrainer is built, make TRL build its colocated vLLM engine with the trie logits
-    processor, processed-logit log-probabilities (the model's true log-probs of the allowed
-    tokens, which the beam search adds up), prefix caching, and enough returned log-probs for
-    ``beam_width`` candidates. TRL 1.16 offers no hook for engine arguments; it calls the ``LLM``
-    name of ``trl.generation.vllm_generation``, which is wrapped for the duration."""
+    """While GRPOTrainer is built, make TRL build its colocated vLLM engine for trie-constrained
+    beams: :func:`components.common.constrained_vllm.trie_engine_kwargs` (the processor of the
+    pinned model runner, processed-logit log-probabilities, prefix caching, enough returned
+    log-probs for ``beam_width`` candidates). TRL 1.16 offers no hook for engine arguments; it
+    calls the ``LLM`` name of ``trl.generation.vllm_generation``, which is wrapped for the
+    duration."""
     from trl.generation import vllm_generation
 
-    from components.common.constrained_vllm import VLLM_PROCESSOR_FQCN
+    from components.common.constrained_vllm import trie_engine_kwargs
 
     original = vllm_generation.LLM
 
     def build(*args: Any, **kwargs: Any) -> Any:
-        kwargs.update(logits_processors=[VLLM_PROCESSOR_FQCN], logprobs_mode="processed_logits",
-                      enable_prefix_caching=True, max_logprobs=max(20, beam_width))
-        return original(*args, **kwargs)
+        return original(*args, **{**kwargs, **trie_engine_kwargs(beam_width)})
 
     vllm_generation.LLM = build
     try:

@@ -1,12 +1,8 @@
 """Trie-constrained decoding: the vectorised trie against a brute-force reference (property
-based), beam search against exhaustive scoring on a tiny model, loud failures, and the vLLM
-processor driven through vLLM's batch-update protocol."""
+based), beam search against exhaustive scoring on a tiny model, and loud failures (the vLLM
+processors: test_constrained_vllm.py)."""
 
 from __future__ import annotations
-
-import random
-from collections import namedtuple
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,7 +10,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers import LogitsProcessorList
 
-from components.common import modeling, prompts, sid
 from components.common.constrained import (
     MissingSidTokensError,
     SidTrie,
@@ -22,17 +17,8 @@ from components.common.constrained import (
     UnknownPrefixError,
     constrained_beam_search,
 )
-from components.common.constrained_vllm import (
-    EXTRA_EOS,
-    EXTRA_START,
-    EXTRA_TRIE,
-    SidTrieVllmLogitsProcessor,
-    vllm_constrained_beam_search,
-)
-from tests.tiny_sid_model import build_sid_model, exhaustive_scores
-
-CODEBOOKS = (4, 5, 6)
-
+from tests.common.conftest import sid_prompts
+from tests.tiny_sid_model import exhaustive_scores
 
 # ----------------------------------------------------------------------------------------------
 # The trie against a brute-force reference
@@ -122,27 +108,10 @@ def test_save_load_roundtrip(tmp_path):
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def sid_model(tmp_path_factory):
-    out = build_sid_model(tmp_path_factory.mktemp("constrained") / "model", CODEBOOKS, seed=3)
-    model, tok = modeling.load_causal_lm(out)
-    model.eval()
-    rng = random.Random(7)
-    codes = sorted({tuple(rng.randrange(n) for n in CODEBOOKS) for _ in range(40)})
-    sids = [sid.format_sid(c) for c in codes]
-    return model, tok, sids
-
-
-def _prompts(tok, sids):
-    return [prompts.render_prompt(tok, prompts.direct_messages(sids[:3])) + prompts.EMPTY_THINK,
-            prompts.render_prompt(tok, prompts.direct_messages(sids[7:8])) + prompts.EMPTY_THINK,
-            prompts.render_prompt(tok, prompts.reasoning_messages(sids[2:6])) + prompts.think_block("pens")]
-
-
 def test_beam_search_equals_exhaustive_scoring(sid_model):
     model, tok, sids = sid_model
     trie = SidTrie.from_tokenizer(tok, sids)
-    texts = _prompts(tok, sids)
+    texts = sid_prompts(tok, sids)
     ranked = constrained_beam_search(model, tok, texts, trie, num_beams=50, batch_size=2)
     for text, result in zip(texts, ranked):
         reference = exhaustive_scores(model, tok, text, sids)
@@ -155,7 +124,7 @@ def test_beam_search_equals_exhaustive_scoring(sid_model):
 def test_narrow_beam_returns_valid_sids_with_exact_scores(sid_model):
     model, tok, sids = sid_model
     trie = SidTrie.from_tokenizer(tok, sids)
-    texts = _prompts(tok, sids)
+    texts = sid_prompts(tok, sids)
     for result, text in zip(constrained_beam_search(model, tok, texts, trie, num_beams=5), texts):
         reference = exhaustive_scores(model, tok, text, sids)
         assert len(result.sids) == 5 and set(result.sids) <= set(sids)
@@ -167,7 +136,7 @@ def test_narrow_beam_returns_valid_sids_with_exact_scores(sid_model):
 def test_hf_generate_with_the_logits_processor(sid_model):
     model, tok, sids = sid_model
     trie = SidTrie.from_tokenizer(tok, sids)
-    texts = _prompts(tok, sids)[:2]
+    texts = sid_prompts(tok, sids)[:2]
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     processor = SidTrieLogitsProcessor(trie, enc.input_ids.shape[1], eos_token_id=tok.eos_token_id)
     out = model.generate(**enc, num_beams=8, num_return_sequences=8, max_new_tokens=4, do_sample=False,
@@ -199,92 +168,3 @@ def test_checkpoint_without_sid_tokens_is_rejected(sid_model):
     _, tok, _ = sid_model
     with pytest.raises(MissingSidTokensError, match=r"lacks 2 of the 3 SID tokens.*<a_99>"):
         SidTrie.from_tokenizer(tok, ["<a_99><b_98><c_1>"])
-
-
-# ----------------------------------------------------------------------------------------------
-# vLLM processor: vLLM's batch-update protocol, driven by hand
-# ----------------------------------------------------------------------------------------------
-
-Update = namedtuple("Update", "batch_size removed added moved")
-Direction = SimpleNamespace(UNIDIRECTIONAL=SimpleNamespace(name="UNIDIRECTIONAL"),
-                            SWAP=SimpleNamespace(name="SWAP"))
-
-
-def _params(path, start, eos=None):
-    extra = {EXTRA_TRIE: str(path), EXTRA_START: start}
-    if eos is not None:
-        extra[EXTRA_EOS] = eos
-    return SimpleNamespace(extra_args=extra)
-
-
-def test_vllm_processor_tracks_rows_and_masks_only_constrained_ones(tmp_path):
-    trie = SidTrie([(1, 2), (1, 3), (4, 0)], vocab_size=6)
-    trie.save(tmp_path / "t.pt")
-    proc = SidTrieVllmLogitsProcessor(None, torch.device("cpu"), False)
-    out_a, out_b, out_c = [], [7], []
-    proc.update_state(Update(3, [], [
-        (0, _params(tmp_path / "t.pt", 2), [9, 9], out_a),          # constrained, at the SID start
-        (1, SimpleNamespace(extra_args=None), [9], out_b),            # free request
-        (2, _params(tmp_path / "t.pt", 1, eos=5), [9], out_c),        # constrained
-    ], []))
-    logits = torch.randn(3, 8)
-    free_row = logits[1].clone()
-    result = proc.apply(logits.clone())
-    assert torch.isfinite(result[0]).nonzero().flatten().tolist() == [1, 4]
-    assert torch.equal(result[1], free_row)
-    assert result[0, 1] == pytest.approx(torch.log_softmax(logits[0], -1)[1].item())  # true log-prob
-    out_a.append(1)  # vLLM appends sampled tokens to the live output list
-    out_c.extend([4, 0])
-    proc.update_state(Update(3, [], [], [(0, 2, Direction.SWAP)]))  # rows 0 and 2 swap places
-    result = proc.apply(torch.randn(3, 8))
-    assert torch.isfinite(result[2]).nonzero().flatten().tolist() == [2, 3]  # request A, after <1>
-    assert torch.isfinite(result[0]).nonzero().flatten().tolist() == [5]     # request C: SID done -> EOS
-    proc.update_state(Update(2, [0], [], [(2, 0, Direction.UNIDIRECTIONAL)]))
-    assert set(proc.rows) == {0} and proc.rows[0].output is out_a
-    out_a.append(0)  # <1><0> is not a SID
-    with pytest.raises(UnknownPrefixError):
-        proc.apply(torch.randn(2, 8))
-
-
-def test_vllm_processor_validates_extra_args(tmp_path):
-    with pytest.raises(ValueError, match=EXTRA_START):
-        SidTrieVllmLogitsProcessor.validate_params(SimpleNamespace(extra_args={EXTRA_TRIE: "x", EXTRA_START: -1}))
-    with pytest.raises(ValueError, match=EXTRA_TRIE):
-        SidTrieVllmLogitsProcessor.validate_params(SimpleNamespace(extra_args={EXTRA_TRIE: 3, EXTRA_START: 0}))
-    SidTrieVllmLogitsProcessor.validate_params(SimpleNamespace(extra_args=None))
-
-
-class FakeVllm:
-    """``LLM.generate`` on the tiny HF model, with the processor applied through the batch-update
-    protocol and ``logprobs_mode="processed_logits"`` semantics (top values after processors)."""
-
-    def __init__(self, model, processor):
-        self.model, self.processor = model, processor
-
-    @torch.inference_mode()
-    def generate(self, requests, params, use_tqdm=False):
-        outputs = []
-        for request, p in zip(requests, params):
-            ids = request["prompt_token_ids"]
-            self.processor.update_state(Update(1, [], [(0, p, ids, [])], []))  # replaces row 0
-            logits = self.model(torch.tensor([ids])).logits[:, -1].float()
-            processed = self.processor.apply(logits)
-            values, tokens = processed[0].topk(p.logprobs)
-            top = {int(t): SimpleNamespace(logprob=float(v)) for v, t in zip(values, tokens)}
-            outputs.append(SimpleNamespace(outputs=[SimpleNamespace(logprobs=[top])]))
-        return outputs
-
-
-def test_vllm_beam_search_matches_the_transformers_one(sid_model, tmp_path):
-    model, tok, sids = sid_model
-    trie = SidTrie.from_tokenizer(tok, sids)
-    trie.save(tmp_path / "trie.pt")
-    texts = _prompts(tok, sids)
-    llm = FakeVllm(model, SidTrieVllmLogitsProcessor(None, torch.device("cpu"), False))
-    ids = [tok(t, add_special_tokens=False).input_ids for t in texts]
-    got = vllm_constrained_beam_search(llm, ids, trie, str(tmp_path / "trie.pt"), num_beams=6,
-                                       sampling_params=lambda **kw: SimpleNamespace(**kw))
-    expected = constrained_beam_search(model, tok, texts, trie, num_beams=6)
-    for g, e in zip(got, expected):
-        assert g.sids == e.sids
-        assert g.scores == pytest.approx(e.scores, abs=1e-4)

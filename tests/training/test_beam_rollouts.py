@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,14 +21,19 @@ from transformers import GenerationConfig
 
 from components.common import artifacts, modeling, prompts, sid
 from components.common.config import ConfigError, parse_section
-from components.common.constrained_vllm import SidTrieVllmLogitsProcessor
+from components.common.constrained_vllm import (
+    MODEL_RUNNER_ENV,
+    V2_PROCESSOR_FQCN,
+    SidTrieV1LogitsProcessor,
+    SidTrieV2LogitsProcessor,
+)
 from components.common.training import grpo as grpo_engine
 from components.common.training import launch
 from components.common.training.settings import GRPOSettings, settings_of
 from components.grpo import beam, rewards
 from components.grpo.config import GRPOStageConfig, RewardConfig
 from components.grpo.stage import check_beam_layout, check_beam_tokens
-from tests.common.test_constrained import FakeVllm
+from tests.common.fake_vllm import FakeV1Engine, FakeV2Engine
 from tests.tiny_sid_model import build_sid_model
 from tests.training.conftest import CPU, weights
 
@@ -200,42 +206,18 @@ def test_rollout_settings_the_tokenizer_cannot_serve_are_refused(tiny):
 # ----------------------------------------------------------------------------------------------
 
 
-class FakeColocatedVllm(FakeVllm):
-    """``LLM.generate`` of TRL's colocated engine: one-token trie-constrained requests (the beam
-    search, through the real logits processor) and sampled reasoning with stop tokens, which
-    vLLM reports as ``stop_reason`` (here also left out of ``token_ids``)."""
-
-    def __init__(self, model, tokenizer):
-        super().__init__(model, SidTrieVllmLogitsProcessor(None, torch.device("cpu"), False))
-        self.tokenizer = tokenizer
-
-    def generate(self, requests, params, use_tqdm=False):
-        if isinstance(params, list):  # the beam search: one params object per request
-            return super().generate(requests, params, use_tqdm)
-        outputs = []
-        for request in requests:
-            ids = torch.tensor([request["prompt_token_ids"]])
-            out = self.model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                                      max_new_tokens=params.max_tokens, num_return_sequences=params.n,
-                                      eos_token_id=params.stop_token_ids, pad_token_id=self.tokenizer.pad_token_id)
-            completions = []
-            for row in out[:, ids.shape[1]:].tolist():
-                stop = next((t for t in row if t in params.stop_token_ids), None)
-                tokens = row[: row.index(stop)] if stop is not None else row
-                completions.append(SimpleNamespace(token_ids=tokens, stop_reason=stop))
-            outputs.append(SimpleNamespace(outputs=completions))
-        return outputs
-
-
-def test_rollout_through_the_vllm_engine_code(tiny, tmp_path):
+@pytest.mark.parametrize("runner", ["v1", "v2"])
+def test_rollout_through_the_vllm_engine_code(runner, tiny, tmp_path):
+    """The rollout on a stand-in of TRL's colocated engine on either vLLM model runner: sampled
+    reasoning with stop tokens, then the beam search through the real trie logits processor."""
     rollout = beam.BeamRollout(tiny.tokenizer, CATALOG, beam_width=2, max_completion_length=16, use_vllm=True,
                                workdir=tmp_path)
     assert Path(rollout.trie_path).is_file()  # what the engine's logits processor loads
-    llm = FakeColocatedVllm(tiny.model, tiny.tokenizer)
+    llm = (FakeV1Engine(tiny.model, SidTrieV1LogitsProcessor(None, torch.device("cpu"), False), seed=2)
+           if runner == "v1" else FakeV2Engine(tiny.model, SidTrieV2LogitsProcessor, seed=2))
     engine = beam.VllmEngine(llm, rollout.trie, rollout.trie_path, {"temperature": 1.0},
                              sampling_params=lambda **kw: SimpleNamespace(**kw))
     prompt_texts = texts(tiny.tokenizer, 2)
-    torch.manual_seed(2)
     out = rollout.rollout([t for t in prompt_texts for _ in range(4)], engine, group=4,
                           stop_ids=[rollout.close_id, tiny.tokenizer.eos_token_id])
     check_rollout(out, rollout, tiny.tokenizer, prompt_texts, group=4, max_completion_length=16)
@@ -244,13 +226,15 @@ def test_rollout_through_the_vllm_engine_code(tiny, tmp_path):
 def test_trls_colocated_engine_is_built_with_the_trie_processor(monkeypatch):
     from trl.generation import vllm_generation
 
+    monkeypatch.setenv(MODEL_RUNNER_ENV, "unset below; restored after the test")
+    monkeypatch.delenv(MODEL_RUNNER_ENV)
     calls = []
     monkeypatch.setattr(vllm_generation, "LLM", lambda *a, **kw: calls.append(kw) or "engine", raising=False)
     with beam.colocated_vllm_with_trie(beam_width=32):
         assert vllm_generation.LLM(model="m", logprobs_mode="processed_logprobs", seed=3) == "engine"
-    assert calls == [{"model": "m", "seed": 3, "logits_processors": ["components.common.constrained_vllm:"
-                                                                     "SidTrieVllmLogitsProcessor"],
+    assert calls == [{"model": "m", "seed": 3, "logits_processors": [V2_PROCESSOR_FQCN],
                       "logprobs_mode": "processed_logits", "enable_prefix_caching": True, "max_logprobs": 32}]
+    assert os.environ[MODEL_RUNNER_ENV] == "1"  # the runner whose processor is named, pinned for vLLM
     vllm_generation.LLM(model="m")  # restored afterwards
     assert calls[-1] == {"model": "m"}
 

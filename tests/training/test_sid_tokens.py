@@ -43,7 +43,7 @@ def test_prompts_render_through_the_chat_template(tmp_path):
     assert text.startswith("<|im_start|>system\n" + prompts.REASONING_SYSTEM)
     assert "items <a_1><b_2><c_3>, <a_4><b_5><c_6>. Can you recommend" in text
     assert text.endswith("<|im_start|>assistant\n")
-    assert prompts.think_block(" because pens \n") == "<think>\nbecause pens\n</think>\n\n"
+    assert prompts.think_block("\nbecause pens \n") == "<think>\nbecause pens \n</think>\n\n"  # as Qwen3: newlines only
 
 
 def test_sid_rows_inside_an_oversized_embedding_start_from_the_trained_rows(tmp_path):

@@ -106,8 +106,9 @@ def encode_corpus(tokenizer: Any, rows: Iterable[CorpusRow], supervise_end: bool
         else:
             *context, answer = row.messages
             turns = [{"role": m["role"], "content": m["content"]} for m in context]
+            # the answer without leading newlines, as Qwen3's template renders a final assistant turn
             out.add(row.task, *encode_prompt_completion(tokenizer, chat_prompt(tokenizer, turns),
-                                                        answer["content"], supervise_end))
+                                                        answer["content"].lstrip("\n"), supervise_end))
     return out
 
 
