@@ -6,6 +6,7 @@ it, no CUDA library outside the GPU stages."""
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import tomllib
 
 import pytest
@@ -161,3 +162,32 @@ def test_cpu_images_run_what_the_tests_run():
     image = images.read_lock(REQUIREMENTS / "image-cpu.lock.txt")
     differ = {n: (dev[n], pin.version) for n, pin in image.items() if n in dev and dev[n] != pin.version}
     assert not differ, f"CPU image lock vs dev lock-cpu.txt: {differ}"
+
+
+# ---- Sizes ---------------------------------------------------------------------------------
+
+
+def test_sizes_are_measured_for_exactly_the_locked_files():
+    measured = json.loads((ROOT / images.SIZES).read_text())
+    installed = {pin.requirement: pin for stage in STAGES for pin in images.stage_pins(stage).values()}
+    assert measured.keys() == installed.keys()
+    assert all(entry["sha256"] in installed[requirement].hashes and entry["size"] > 0
+               for requirement, entry in measured.items())
+
+
+def test_readme_states_each_images_size():
+    sizes = images.image_sizes()
+    assert [s.stage for s in sizes] == STAGES
+    readme = (ROOT / "README.md").read_text()
+    assert f"{images.SIZE_TABLE_START}\n{images.size_table()}\n{images.SIZE_TABLE_END}" in readme, \
+        "README's image sizes are stale: run `make image-sizes`"
+    assert max(s.bytes for s in sizes if s.flavour == "cpu") < min(s.bytes for s in sizes if s.flavour == "cuda")
+
+
+def test_sizes_name_an_unmeasured_file(tmp_path):
+    repo = copy_repo(tmp_path)
+    measured = json.loads((repo / images.SIZES).read_text())
+    measured["kfp==2.17.0"]["sha256"] = "0" * 64  # a file of another build than the lock's
+    (repo / images.SIZES).write_text(json.dumps(measured))
+    with pytest.raises(images.ImageError, match=r"lacks kfp==2.17.0 \(of align_sft\): run `make image-sizes`"):
+        images.image_sizes(repo)
