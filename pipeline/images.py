@@ -68,6 +68,7 @@ LOCAL_PACKAGES = ("components", "pipeline")
 
 #: Every image runs the component command ``python3 -m kfp.dsl.executor_main``.
 EXECUTOR_MODULE = "kfp.dsl.executor_main"
+EXECUTOR_COMMAND = f"python3 -m {EXECUTOR_MODULE} (the component command)"
 
 #: What a module of ours needs at run time without importing it: module -> import names.
 RUNTIME_IMPORTS: dict[str, tuple[str, ...]] = {
@@ -179,6 +180,9 @@ _IMPORTING_CALLS = ("import_module", "resources.files")
 def _calls_importer(func: ast.expr) -> bool:
     name = _dotted(func)
     return any(name == call or name.endswith("." + call) for call in _IMPORTING_CALLS)
+
+
+#: A string naming one of our modules, alone or as an entry point: "components.align_sft.sft:train_sft".
 _OUR_ENTRY = re.compile(r"(?:%s)(?:\.\w+)+(?::\w+)?" % "|".join(LOCAL_PACKAGES))
 
 
@@ -285,28 +289,24 @@ _DISTRIBUTION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 def read_lock(path: Path) -> dict[str, Pin]:
     """A pip-compile hash lock (or a stage lock): normalized name -> its pin."""
-    pins: dict[str, Pin] = {}
-    name = None
+    entries: dict[str, tuple[str, list[str], set[str]]] = {}
+    current = None
     in_via = False
     for number, line in enumerate(path.read_text().splitlines(), 1):
         stripped = line.strip()
         if requirement := _REQUIREMENT.match(line):
-            name, in_via = normalize(requirement.group(1)), False
-            pins[name] = Pin(f"{requirement.group(1)}=={requirement.group(2)}", (), frozenset())
-        elif name and (digest := re.match(r"\s+--hash=sha256:([0-9a-f]{64})", line)):
-            pins[name] = Pin(pins[name].requirement, pins[name].hashes + (digest.group(1),), pins[name].via)
-        elif name and line.startswith("    # via"):
+            current, in_via = (requirement.group(0), [], set()), False
+            entries[normalize(requirement.group(1))] = current
+        elif current and (digest := re.match(r"\s+--hash=sha256:([0-9a-f]{64})", line)):
+            current[1].append(digest.group(1))
+        elif current and (line.startswith("    # via") or (in_via and line.startswith("    #   "))):
             in_via = True
-            entries = [stripped.removeprefix("# via").strip()]
-            pins[name] = Pin(pins[name].requirement, pins[name].hashes,
-                             frozenset(normalize(e) for e in entries if _DISTRIBUTION.fullmatch(e)))
-        elif name and in_via and line.startswith("    #   "):
-            entry = stripped.removeprefix("#").strip()
-            if _DISTRIBUTION.fullmatch(entry):
-                pins[name] = Pin(pins[name].requirement, pins[name].hashes, pins[name].via | {normalize(entry)})
+            entry = stripped.removeprefix("# via").removeprefix("#").strip()
+            if _DISTRIBUTION.fullmatch(entry):  # not "-c file", "sidreasoner (pyproject.toml)", ...
+                current[2].add(normalize(entry))
         elif stripped and not stripped.startswith("#"):
             raise ImageError(f"{path}:{number}: not a line of a hash lock: {line!r}")
-    return pins
+    return {name: Pin(requirement, tuple(hashes), frozenset(via)) for name, (requirement, hashes, via) in entries.items()}
 
 
 def requirement_closure(roots: Iterable[str], lock: Mapping[str, Pin]) -> set[str]:
@@ -366,7 +366,7 @@ def stage_imports(stage: str, root: Path = ROOT) -> dict[str, frozenset[str]]:
     """Third-party modules the image of ``stage`` must import -> where: its code's imports and the
     kfp executor of the component command."""
     imports = dict(reach(stage, root).imports)
-    imports[EXECUTOR_MODULE] = imports.get(EXECUTOR_MODULE, frozenset()) | {"the component command"}
+    imports[EXECUTOR_MODULE] = imports.get(EXECUTOR_MODULE, frozenset()) | {EXECUTOR_COMMAND}
     return imports
 
 
@@ -394,7 +394,7 @@ def stage_lock(stage: str, root: Path = ROOT) -> str:
         lines.append(pin.requirement + " \\")
         lines += [f"    --hash=sha256:{h}" + (" \\" if i < len(pin.hashes) - 1 else "")
                   for i, h in enumerate(pin.hashes)]
-        via = sorted(pin.via & names) + [f"{_module_name(root, root / w) if w.endswith('.py') else w} (import)"
+        via = sorted(pin.via & names) + [f"{_module_name(root, root / w)} (import)" if w.endswith(".py") else w
                                          for w in sorted(imported_by.get(name, ()))]
         lines += ["    # via"] + [f"    #   {entry}" for entry in via]
     return "\n".join(lines) + "\n"
@@ -519,9 +519,12 @@ def measure_files(find_links: str | None, root: Path = ROOT) -> dict[str, dict[s
     """``pip download`` of every file the stage images install, as pip picks them for this
     interpreter and platform (CPython 3.11 on x86_64 glibc 2.36: the images' python:3.11.7-slim-
     bookworm), each checked against the locks' hashes -> ``{requirement: {file, sha256, size}}``.
-    Network: the package index (PyPI), through pip; ``find_links`` serves torch's CPU build."""
+    Network: the package index (PyPI), through pip, which shows its progress; ``find_links``
+    serves torch's CPU build."""
+    if sys.version_info[:2] != (3, 11) or sys.platform != "linux" or os.uname().machine != "x86_64":
+        raise ImageError("measure with CPython 3.11 on linux x86_64, the images' platform: pip picks the files for it")
     measured: dict[str, dict[str, object]] = {}
-    for flavour in sorted(set(IMAGE_FLAVOURS.values())):
+    for flavour in sorted({image_flavour(stage) for stage in stages(root)}):
         pins = {p.requirement: p for s in stages(root) if image_flavour(s) == flavour
                 for p in stage_pins(s, root).values()}
         with tempfile.TemporaryDirectory(prefix=f"image-files-{flavour}-") as folder:
@@ -530,7 +533,7 @@ def measure_files(find_links: str | None, root: Path = ROOT) -> dict[str, dict[s
                                             for r, p in sorted(pins.items())))
             env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
             env["PIP_CONFIG_FILE"] = os.devnull
-            subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--require-hashes",
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
                             "--no-build-isolation", "--dest", str(Path(folder) / "files"),
                             *(["--find-links", find_links] if find_links else []), "-r", str(requirements)],
                            check=True, env=env)
@@ -539,9 +542,9 @@ def measure_files(find_links: str | None, root: Path = ROOT) -> dict[str, dict[s
                 with file.open("rb") as f:
                     by_hash[hashlib.file_digest(f, "sha256").hexdigest()] = file
             for requirement, pin in pins.items():
-                file = next(by_hash[h] for h in pin.hashes if h in by_hash)
-                measured[requirement] = {"file": file.name, "sha256": next(h for h in pin.hashes if h in by_hash),
-                                         "size": file.stat().st_size}
+                sha256 = next(h for h in pin.hashes if h in by_hash)
+                measured[requirement] = {"file": by_hash[sha256].name, "sha256": sha256,
+                                         "size": by_hash[sha256].stat().st_size}
     return dict(sorted(measured.items()))
 
 

@@ -16,8 +16,8 @@ from pipeline import images
 from tests.platform.images import ROOT, copy_repo
 
 STAGES = images.stages()
-PACKAGE_FILES = {stage: {p.relative_to(ROOT).as_posix() for p in images._package_files(ROOT / "components" / stage)}
-                 for stage in STAGES}
+PACKAGE_FILES = {stage: {p.relative_to(ROOT).as_posix() for p in (ROOT / "components" / stage).rglob("*")
+                         if p.is_file() and "__pycache__" not in p.parts} for stage in STAGES}
 
 
 def digests(root: Path) -> dict[str, str]:
@@ -130,3 +130,13 @@ def test_changes_outside_the_images_change_no_context(repo):
     assert changed_contexts(repo, append(repo / "pipeline/dag.py")) == set()
     assert changed_contexts(repo, append(repo / "README.md")) == set()
     assert changed_contexts(repo, append(repo / "requirements/image-cuda.lock.txt", "\n")) == set()
+
+
+def test_cli_assembles_contexts_and_names_an_unknown_stage(tmp_path, capsys):
+    assert images.main(["context", "ingest", "promote", "--out", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed == [f"{stage}: {tmp_path / stage} sha256:{images.context_digest(images.context_files(stage))}"
+                       for stage in ("ingest", "promote")]
+    assert images.main(["context", "ingest", "baselines", "--out", str(tmp_path / "other")]) == 1
+    assert "error: not a stage: baselines (stages: align_sft, " in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
