@@ -155,9 +155,10 @@ lock-images: $(LOCK_TOOLS)
 lock-stages: install
 	$(BIN)/python -m pipeline.images locks
 
-# The README's image sizes: pip downloads every file the stage images install (several GB, the
-# CUDA wheels; the package index only), checks each against the locks' hashes, and records its
-# size in requirements/stages/sizes.json; the README table is rewritten from it.
+# The README's image sizes: pip downloads each file the stage images install that
+# requirements/stages/sizes.json does not hold yet (from scratch several GB, the CUDA wheels; the
+# package index only), checks it against the locks' hashes and records its size there; the
+# README table is rewritten from it. After a lock change that only drops packages: no download.
 image-sizes: install
 	$(BIN)/python -m pipeline.images sizes --find-links $(TORCH_CPU_FIND_LINKS)
 

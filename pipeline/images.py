@@ -516,36 +516,48 @@ def stage_pins(stage: str, root: Path = ROOT) -> dict[str, Pin]:
 
 
 def measure_files(find_links: str | None, root: Path = ROOT) -> dict[str, dict[str, object]]:
-    """``pip download`` of every file the stage images install, as pip picks them for this
-    interpreter and platform (CPython 3.11 on x86_64 glibc 2.36: the images' python:3.11.7-slim-
-    bookworm), each checked against the locks' hashes -> ``{requirement: {file, sha256, size}}``.
-    Network: the package index (PyPI), through pip, which shows its progress; ``find_links``
-    serves torch's CPU build."""
-    if sys.version_info[:2] != (3, 11) or sys.platform != "linux" or os.uname().machine != "x86_64":
-        raise ImageError("measure with CPython 3.11 on linux x86_64, the images' platform: pip picks the files for it")
+    """The compressed size of every file the stage images install -> ``{requirement: {file, sha256,
+    size}}``. Files already in ``SIZES`` with a hash the locks still accept are kept; the others are
+    fetched with ``pip download`` as pip picks them for this interpreter and platform (CPython 3.11
+    on x86_64 glibc 2.36: the images' python:3.11.7-slim-bookworm) and checked against the locks'
+    hashes. Network: the package index (PyPI), through pip, which shows its progress;
+    ``find_links`` serves torch's CPU build."""
+    known = json.loads((root / SIZES).read_text()) if (root / SIZES).is_file() else {}
     measured: dict[str, dict[str, object]] = {}
     for flavour in sorted({image_flavour(stage) for stage in stages(root)}):
         pins = {p.requirement: p for s in stages(root) if image_flavour(s) == flavour
                 for p in stage_pins(s, root).values()}
-        with tempfile.TemporaryDirectory(prefix=f"image-files-{flavour}-") as folder:
-            requirements = Path(folder) / "requirements.txt"
-            requirements.write_text("".join(f"{r} " + " ".join(f"--hash=sha256:{h}" for h in p.hashes) + "\n"
-                                            for r, p in sorted(pins.items())))
-            env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
-            env["PIP_CONFIG_FILE"] = os.devnull
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
-                            "--no-build-isolation", "--dest", str(Path(folder) / "files"),
-                            *(["--find-links", find_links] if find_links else []), "-r", str(requirements)],
-                           check=True, env=env)
-            by_hash = {}
-            for file in (Path(folder) / "files").iterdir():
-                with file.open("rb") as f:
-                    by_hash[hashlib.file_digest(f, "sha256").hexdigest()] = file
-            for requirement, pin in pins.items():
-                sha256 = next(h for h in pin.hashes if h in by_hash)
-                measured[requirement] = {"file": by_hash[sha256].name, "sha256": sha256,
-                                         "size": by_hash[sha256].stat().st_size}
+        have = {**known, **measured}  # a requirement in both flavours' images is fetched once
+        missing = {r: p for r, p in pins.items() if r not in have or have[r]["sha256"] not in p.hashes}
+        measured.update({r: have[r] for r in pins.keys() - missing.keys()})
+        if missing:
+            measured.update(_download_and_measure(missing, find_links))
     return dict(sorted(measured.items()))
+
+
+def _download_and_measure(pins: Mapping[str, Pin], find_links: str | None) -> dict[str, dict[str, object]]:
+    if sys.version_info[:2] != (3, 11) or sys.platform != "linux" or os.uname().machine != "x86_64":
+        raise ImageError("measure with CPython 3.11 on linux x86_64, the images' platform: pip picks the files for it")
+    with tempfile.TemporaryDirectory(prefix="image-files-") as folder:
+        requirements = Path(folder) / "requirements.txt"
+        requirements.write_text("".join(f"{r} " + " ".join(f"--hash=sha256:{h}" for h in p.hashes) + "\n"
+                                        for r, p in sorted(pins.items())))
+        env = {k: v for k, v in os.environ.items() if k not in ("PIP_FIND_LINKS", "PIP_CONSTRAINT")}
+        env["PIP_CONFIG_FILE"] = os.devnull
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--require-hashes",
+                        "--no-build-isolation", "--dest", str(Path(folder) / "files"),
+                        *(["--find-links", find_links] if find_links else []), "-r", str(requirements)],
+                       check=True, env=env)
+        by_hash = {}
+        for file in (Path(folder) / "files").iterdir():
+            with file.open("rb") as f:
+                by_hash[hashlib.file_digest(f, "sha256").hexdigest()] = file
+        measured = {}
+        for requirement, pin in pins.items():
+            sha256 = next(h for h in pin.hashes if h in by_hash)
+            measured[requirement] = {"file": by_hash[sha256].name, "sha256": sha256,
+                                     "size": by_hash[sha256].stat().st_size}
+        return measured
 
 
 @dataclass(frozen=True)

@@ -191,3 +191,22 @@ def test_sizes_name_an_unmeasured_file(tmp_path):
     (repo / images.SIZES).write_text(json.dumps(measured))
     with pytest.raises(images.ImageError, match=r"lacks kfp==2.17.0 \(of align_sft\): run `make image-sizes`"):
         images.image_sizes(repo)
+
+
+def test_measuring_fetches_only_unmeasured_files(tmp_path, monkeypatch):
+    repo = copy_repo(tmp_path)
+    measured = json.loads((repo / images.SIZES).read_text())
+    kfp = measured.pop("kfp==2.17.0")
+    measured["left-over==1.0"] = {"file": "left_over-1.0-py3-none-any.whl", "sha256": "0" * 64, "size": 1}
+    (repo / images.SIZES).write_text(json.dumps(measured))
+    fetched = []
+
+    def download(pins, find_links):
+        fetched.append((sorted(pins), find_links))
+        return {"kfp==2.17.0": kfp}
+
+    monkeypatch.setattr(images, "_download_and_measure", download)
+    result = images.measure_files("/wheels", repo)
+    # kfp is in both flavours' images: fetched once, and nothing else; the left-over dropped.
+    assert fetched == [(["kfp==2.17.0"], "/wheels")]
+    assert result == json.loads((ROOT / images.SIZES).read_text())
