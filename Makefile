@@ -57,7 +57,9 @@ lock: install
 # The stages are the packages of components/ with a __main__.py (pipeline.images.stages).
 STAGES := $(shell $(PYTHON) -m pipeline.images stages)
 ifeq ($(STAGES),)
+ifneq ($(filter images push contexts image-%,$(MAKECMDGOALS)),)
 $(error `$(PYTHON) -m pipeline.images stages` named no stage: PYTHON must be a Python 3.11)
+endif
 endif
 CONTEXTS := build/images
 

@@ -57,6 +57,6 @@ def copy_repo(target: Path) -> Path:
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
     for folder in ("components", "pipeline", "docker", "requirements"):
         shutil.copytree(ROOT / folder, target / folder, ignore=ignore)
-    for file in ("pyproject.toml", "README.md", "Makefile"):
+    for file in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / file, target / file)
     return target
