@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test compile bench lock lock-images images push docker-engine clean
+.PHONY: install demo test compile bench lock lock-images lock-stages image-sizes images push docker-engine clean
 
 install: $(STAMP)
 
@@ -49,12 +49,19 @@ lock: install
 	mv $(LOCK).new $(LOCK)
 
 # ---- Stage images ------------------------------------------------------------------------
-# One image per stage, on the base its work needs (README "Images"). Each name is what
-# `sidreasoner compile --registry R --tag T` writes into the IR (ImagesConfig.for_stage):
-# R/<stage with _ as ->:T.
-CPU_STAGES := previous_model ingest baselines teacher_corpus promote
-CUDA_STAGES := sid_quantize align_sft reason_sft grpo evaluate
-STAGES := $(CPU_STAGES) $(CUDA_STAGES)
+# One image per stage, each built from its own context build/images/<stage>/ that
+# `python -m pipeline.images context` assembles: its code, the shared code it imports, their
+# third-party packages' hash lock, and the Dockerfile of its flavour (README "Images"). A change
+# to one stage's code changes only its context. Each name is what `sidreasoner compile
+# --registry R --tag T` writes into the IR (ImagesConfig.for_stage): R/<stage with _ as ->:T.
+# The stages are the packages of components/ with a __main__.py (pipeline.images.stages).
+STAGES := $(shell $(PYTHON) -m pipeline.images stages)
+ifeq ($(STAGES),)
+ifneq ($(filter images push contexts image-%,$(MAKECMDGOALS)),)
+$(error `$(PYTHON) -m pipeline.images stages` named no stage: PYTHON must be a Python 3.11)
+endif
+endif
+CONTEXTS := build/images
 
 DEFAULT_REGISTRY := localhost/sidreasoner
 IMAGE_REGISTRY = $(or $(REGISTRY),$(DEFAULT_REGISTRY))
@@ -77,7 +84,7 @@ $(error make push needs REGISTRY=<registry path>, e.g. REGISTRY=europe-docker.pk
 endif
 endif
 
-.PHONY: image-base-cpu image-base-cuda image-mlflow-server $(addprefix image-,$(STAGES))
+.PHONY: contexts image-mlflow-server $(addprefix image-,$(STAGES))
 
 # No engine (this dev machine has only the client): stop before building anything.
 docker-engine:
@@ -87,16 +94,18 @@ docker-engine:
 # The stage images and the in-cluster MLflow server's (manifests/base/mlflow.yaml).
 images: $(addprefix image-,$(STAGES)) image-mlflow-server
 
-image-base-cpu image-base-cuda image-mlflow-server: image-%: docker-engine
-	docker build --file docker/$*.Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
-		--tag $(call image_name,$*) .
+# Every stage's build context, without building (no engine needed).
+contexts:
+	$(PYTHON) -m pipeline.images context $(STAGES) --out $(CONTEXTS)
 
-$(addprefix image-,$(CPU_STAGES)): image-base-cpu
-$(addprefix image-,$(CUDA_STAGES)): image-base-cuda
 $(addprefix image-,$(STAGES)): image-%: docker-engine
-	docker build --file docker/$*.Dockerfile --build-arg BASE=$(call image_name,$(if \
-		$(filter $*,$(CPU_STAGES)),base-cpu,base-cuda)) --build-arg GIT_COMMIT=$(GIT_COMMIT) \
-		--tag $(call image_name,$*) .
+	$(PYTHON) -m pipeline.images context $* --out $(CONTEXTS)
+	docker build --build-arg GIT_COMMIT=$(GIT_COMMIT) --tag $(call image_name,$*) $(CONTEXTS)/$*
+
+# The MLflow server's context is the repository root; .dockerignore admits only its locks.
+image-mlflow-server: docker-engine
+	docker build --file docker/mlflow-server.Dockerfile --build-arg GIT_COMMIT=$(GIT_COMMIT) \
+		--tag $(call image_name,mlflow-server) .
 
 push: images
 	for image in $(foreach image,$(STAGES) mlflow-server,$(call image_name,$(image))); do \
@@ -139,6 +148,21 @@ lock-images: $(LOCK_TOOLS)
 		--output-file requirements/image-cpu.lock.txt pyproject.toml requirements/image-cpu.in
 	$(PIP_COMPILE) --extra gpu --output-file requirements/image-cuda.lock.txt pyproject.toml requirements/image-cuda.in
 	$(PIP_COMPILE) --output-file requirements/mlflow-server.lock.txt requirements/mlflow-server.in
+	$(MAKE) --no-print-directory lock-stages
+
+# Each stage image's lock, requirements/stages/<stage>.lock.txt: from the full lock of its
+# flavour (image-cpu or image-cuda), what its code imports, the kfp executor and everything
+# they require, read from the full lock's `# via` comments (no network). The dev venv maps
+# import names to distributions. Then `make image-sizes` when a pin changed.
+lock-stages: install
+	$(BIN)/python -m pipeline.images locks
+
+# The README's image sizes: pip downloads each file the stage images install that
+# requirements/stages/sizes.json does not hold yet (from scratch several GB, the CUDA wheels; the
+# package index only), checks it against the locks' hashes and records its size there; the
+# README table is rewritten from it. After a lock change that only drops packages: no download.
+image-sizes: install
+	$(BIN)/python -m pipeline.images sizes --find-links $(TORCH_CPU_FIND_LINKS)
 
 clean:
 	rm -rf build .pytest_cache

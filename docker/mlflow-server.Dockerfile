@@ -1,6 +1,6 @@
 # The in-cluster MLflow tracking server (manifests/base/mlflow.yaml): Postgres store, GCS artifacts.
 # Dependencies from the hash lock requirements/mlflow-server.lock.txt, installed as in the stage
-# bases (build backend first, no build isolation, --no-deps, pip check).
+# images (build backend first, no build isolation, --no-deps, pip check).
 FROM python:3.11.7-slim-bookworm
 ARG GIT_COMMIT=unknown
 LABEL org.opencontainers.image.title="sidreasoner-mlflow-server" \

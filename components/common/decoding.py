@@ -44,7 +44,8 @@ from components.common import prompts
 from components.common.constrained import RankedSids, SidTrie, constrained_beam_search, ensure_pad_token
 from components.common.decoding_config import DecoderSettings, Mode
 from components.common.logs import Progress, setup_logging
-from components.common.modeling import THINK_CLOSE, THINK_OPEN, load_causal_lm
+from components.common.modeling import load_causal_lm
+from components.common.prompts import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Causal-LM model folders: the think markers, loading by URI (local or ``gs://``), and a cheap
+"""Causal-LM model folders: loading by URI (local or ``gs://``), and a cheap
 check that a folder holds a causal LM.
 
 Production loads Qwen3-1.7B (or any HF causal LM) from a local path or a ``gs://`` folder; the
@@ -16,9 +16,6 @@ from typing import Any
 from components.common import storage
 
 log = logging.getLogger(__name__)
-
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
-
 
 def local_model_dir(uri: str | Path, cache_dir: str | Path | None = None) -> Path:
     """A local ``save_pretrained`` folder for ``uri``: the path itself, or for ``gs://`` a copy

@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from components.common.modeling import THINK_CLOSE, THINK_OPEN
+#: The think markers, added to every tokenizer as normal tokens (atomic, kept by decode).
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 
 _INSTRUCTION = ("Below is an instruction that describes a task, paired with an input that provides "
                 "further context. Write a response that appropriately completes the request. ")

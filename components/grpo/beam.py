@@ -51,7 +51,7 @@ from typing import Any
 import torch
 
 from components.common.constrained import RankedSids, SidTrie, constrained_beam_search_ids, left_pad
-from components.common.modeling import THINK_CLOSE
+from components.common.prompts import THINK_CLOSE
 
 log = logging.getLogger(__name__)
 

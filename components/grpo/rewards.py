@@ -39,7 +39,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from components.common.modeling import THINK_CLOSE, THINK_OPEN
+from components.common.prompts import THINK_CLOSE, THINK_OPEN
 from components.common.sid import TOKEN_RE
 from components.common.training.grpo import RewardSetup
 from components.common.training.launch import TrainJob

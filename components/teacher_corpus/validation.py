@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from components.common.modeling import THINK_CLOSE, THINK_OPEN
+from components.common.prompts import THINK_CLOSE, THINK_OPEN
 from components.common.sid import TOKEN_RE, find_sids
 from components.teacher_corpus.config import LengthBounds
 

@@ -1,51 +1,25 @@
-"""The stage images: one per stage, named as the compiled IR names them, installing from hash locks
-everything their stage's code imports. Everything is read statically (`make -n`, the Dockerfiles,
-the locks, the stage sources), so these tests need neither a Docker engine nor the network."""
+"""The images `make images` builds: one per stage, from the stage's own build context, named as the
+compiled IR names them, installing only hash-checked locks, as a numeric non-root user, labelled
+with the commit. Read statically (`make -n`, the Dockerfiles and contexts), so these tests need
+neither a Docker engine nor the network."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
 
 from components.common.config import ImagesConfig
-from pipeline import cli
+from pipeline import cli, images
 from pipeline.config import STAGES
-from tests.platform.images import (
-    DOCKER,
-    REQUIREMENTS,
-    ROOT,
-    Build,
-    base_dockerfile,
-    copied_locks,
-    distributions,
-    image_lock,
-    instructions,
-    make_images_plan,
-    normalize,
-    read_lock,
-    stage_packages,
-    third_party_imports,
-)
+from tests.platform.images import DOCKER, ROOT, instructions, make_images_plan
 
 REGISTRY, TAG = "registry.test/team/sidreasoner", "0a1b2c3-dirty"
-
-#: Every stage of the DAG (ARCHITECTURE.md), including those not yet in ``pipeline.config.STAGES``:
-#: their images are built and pushed ahead of them joining the pipeline.
-DECLARED_STAGES = ("previous_model", "ingest", "sid_quantize", "baselines", "teacher_corpus", "align_sft", "reason_sft",
-                   "grpo", "evaluate", "promote")
-
-#: What the stages of each base are known to need (issue 7, STACK.md), beyond what the code
-#: present in this checkout shows.
-CUDA_STACK = ("torch", "transformers", "trl", "accelerate", "deepspeed", "peft", "vllm", "sentence-transformers")
-CPU_STACK = ("litellm", "pyarrow", "pandas")
-
-LOCKS = sorted(REQUIREMENTS.glob("*.lock.txt"))
+STAGE_IMAGES = images.stages()
 
 
 @pytest.fixture(scope="module")
@@ -53,30 +27,39 @@ def plan():
     return make_images_plan(REGISTRY, TAG)
 
 
-def stage_builds(plan: list[Build]) -> dict[str, Build]:
-    """Stage -> its build in the plan (a stage image is the one built from docker/<stage>.Dockerfile)."""
-    return {b.dockerfile.name.removesuffix(".Dockerfile"): b for b in plan if b.base}
+def test_stages_are_the_component_packages_with_a_cli():
+    packages = sorted(p.name for p in (ROOT / "components").iterdir() if (p / "__main__.py").is_file())
+    assert STAGE_IMAGES == packages and "common" not in STAGE_IMAGES
+    assert set(STAGES) <= set(STAGE_IMAGES), "every stage of the DAG has an image"
+    assert {images.image_flavour(stage) for stage in STAGE_IMAGES} == {"cpu", "cuda"}
 
 
-def test_make_images_builds_every_stage_under_its_ir_name(plan):
-    images = ImagesConfig(registry=REGISTRY, tag=TAG)
-    builds = stage_builds(plan)
-    assert set(STAGES) <= set(DECLARED_STAGES), "a new stage must be declared here and in the Makefile"
-    assert sorted(builds) == sorted(DECLARED_STAGES)
-    for stage, build in builds.items():
-        assert build.tag == images.for_stage(stage)
-    # Bases come first and are built once each.
-    tags = [b.tag for b in plan]
-    assert len(tags) == len(set(tags))
-    for build in builds.values():
-        assert tags.index(build.base) < tags.index(build.tag)
+def test_the_flavour_is_the_stages_own_declaration(tmp_path):
+    from pipeline.config import DECLARATIONS
+
+    assert {stage: images.image_flavour(stage) for stage in DECLARATIONS} == {
+        stage: declaration.image for stage, declaration in DECLARATIONS.items()}
+    package = tmp_path / "components" / "sample"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text('STAGE = Stage(name="sample", config=C, run="m:f", description="")\n')
+    assert images.image_flavour("sample", tmp_path) == "cpu"  # Stage's default
+    (package / "__init__.py").write_text('FLAVOUR = "cuda"\nSTAGE = Stage(name="sample", image=FLAVOUR)\n')
+    with pytest.raises(images.ImageError, match=r"Stage\(image=...\) must be the literal 'cpu' or 'cuda'"):
+        images.image_flavour("sample", tmp_path)
 
 
-def test_every_stage_package_has_a_dockerfile(plan):
-    builds = stage_builds(plan)
-    for stage in stage_packages():
-        assert (DOCKER / f"{stage}.Dockerfile").is_file(), f"components/{stage} has no docker/{stage}.Dockerfile"
-        assert stage in builds, f"`make images` does not build {stage}"
+def test_make_images_builds_every_stage_from_its_context_under_its_ir_name(plan):
+    ir_names = ImagesConfig(registry=REGISTRY, tag=TAG)
+    stage_builds = {b.context.removeprefix("build/images/"): b for b in plan if b.context.startswith("build/images/")}
+    assert sorted(stage_builds) == STAGE_IMAGES
+    for stage, build in stage_builds.items():
+        assert build.tag == ir_names.for_stage(stage)
+        assert build.dockerfile is None  # the context's own Dockerfile
+        assert build.prepared_by == f"python3 -m pipeline.images context {stage} --out build/images"
+    others = [b for b in plan if b not in stage_builds.values()]
+    assert [(b.context, b.dockerfile, b.tag) for b in others] == [
+        (".", "docker/mlflow-server.Dockerfile", f"{REGISTRY}/mlflow-server:{TAG}")]
+    assert len({b.tag for b in plan}) == len(plan)
 
 
 def test_compiled_ir_names_exactly_the_built_images(plan, tmp_path):
@@ -87,132 +70,14 @@ def test_compiled_ir_names_exactly_the_built_images(plan, tmp_path):
                      *retraining]) == 0
     spec = next(yaml.safe_load_all(out.read_text()))
     ir_images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
-    builds = stage_builds(plan)
-    assert ir_images == {builds[stage].tag for stage in STAGES}
+    built = {b.context.removeprefix("build/images/"): b.tag for b in plan}
+    assert ir_images == {built[stage] for stage in STAGES}
 
 
 def test_make_compile_passes_registry_and_tag():
     out = subprocess.run(["make", "-n", "compile", "REGISTRY=r.test/x", "TAG=abc1234"], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout.replace("\\\n", " ")
     assert re.search(r"sidreasoner compile --config demo .*--registry r\.test/x --tag abc1234", out), out
-
-
-@pytest.mark.parametrize("stage", stage_packages())
-def test_image_installs_what_its_stage_imports(plan, stage):
-    build = stage_builds(plan)[stage]
-    lock = image_lock(build)
-    missing = []
-    for module, files in sorted(third_party_imports(stage).items()):
-        dists = distributions(module)
-        if not dists & lock.keys():
-            where = ", ".join(sorted(str(f.relative_to(ROOT)) for f in files))
-            missing.append(f"{module} (distribution {sorted(dists) or 'unknown'}; imported in {where})")
-    assert not missing, (f"{build.tag} ({base_dockerfile(build).name}) lacks what {stage} imports:\n  "
-                         + "\n  ".join(missing))
-
-
-def test_import_scan_sees_lazy_and_guarded_imports():
-    # evaluate reaches vLLM only inside functions of components/common/constrained_vllm.py.
-    imports = third_party_imports("evaluate")
-    assert "vllm" in {m.split(".")[0] for m in imports}
-    assert distributions("google.cloud.storage") == {"google-cloud-storage"}
-
-
-@pytest.mark.parametrize("stage", DECLARED_STAGES)
-def test_every_stage_image_has_the_kfp_executor(plan, stage):
-    # The component runs `python3 -m kfp.dsl.executor_main` (install_kfp_package=False).
-    assert "kfp" in image_lock(stage_builds(plan)[stage])
-
-
-def test_bases_hold_their_stacks(plan):
-    builds = stage_builds(plan)
-    for stage, build in builds.items():
-        lock = image_lock(build)
-        if base_dockerfile(build).name == "base-cuda.Dockerfile":
-            assert set(CUDA_STACK) <= lock.keys(), stage
-            assert "+" not in lock["torch"].version and any(n.startswith("nvidia-") for n in lock), stage
-        else:
-            assert set(CPU_STACK) <= lock.keys(), stage
-            assert lock["torch"].version.endswith("+cpu") and not any(n.startswith("nvidia-") for n in lock), stage
-
-
-def _pyproject_pins(*extras: str) -> dict[str, str]:
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    specs = list(project["dependencies"]) + [s for e in extras for s in project["optional-dependencies"][e]]
-    return {normalize(name): version for name, version in (s.split("==") for s in specs)}
-
-
-@pytest.mark.parametrize("lock, extras", [("image-cpu.lock.txt", ()), ("image-cuda.lock.txt", ("gpu",))])
-def test_locks_are_current_with_pyproject(lock, extras):
-    pins = read_lock(REQUIREMENTS / lock)
-    stale = {name: (version, pins[name].version if name in pins else None)
-             for name, version in _pyproject_pins(*extras).items()
-             if name not in pins or pins[name].version.split("+")[0] != version}
-    assert not stale, f"{lock} is stale (pyproject pin, lock): {stale}; run `make lock-images`"
-
-
-def test_cpu_image_runs_what_the_tests_run():
-    dev = {normalize(line.split("==")[0]): line.split("==")[1].strip()
-           for line in (REQUIREMENTS / "lock-cpu.txt").read_text().splitlines() if "==" in line}
-    image = read_lock(REQUIREMENTS / "image-cpu.lock.txt")
-    differ = {n: (dev[n], pin.version) for n, pin in image.items() if n in dev and dev[n] != pin.version}
-    assert not differ, f"CPU image lock vs dev lock-cpu.txt: {differ}"
-
-
-@pytest.mark.parametrize("lock", LOCKS, ids=[p.name for p in LOCKS])
-def test_locks_hash_every_file(lock):
-    pins = read_lock(lock)
-    assert pins
-    assert not [name for name, pin in pins.items() if not pin.hashes], f"{lock.name}: requirements without a hash"
-
-
-DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
-
-
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[p.stem for p in DOCKERFILES])
-def test_dockerfile_installs_only_hash_checked_locks(dockerfile):
-    for instruction, args in instructions(dockerfile):
-        if instruction != "RUN":
-            continue
-        for command in re.split(r"&&|;", args):
-            if re.search(r"\bpip install\b", command):
-                if " -r " in command:
-                    assert "--require-hashes" in command and "--no-deps" in command, command
-                else:  # our own package, whose dependencies are all in the locks
-                    assert "--no-deps" in command and "/tmp/sidreasoner" in command, command
-    for lock in copied_locks(dockerfile):
-        assert lock.is_file(), f"{dockerfile.name} copies {lock.relative_to(ROOT)}, which does not exist"
-
-
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[p.stem for p in DOCKERFILES])
-def test_dockerfile_runs_as_numeric_non_root_user(dockerfile):
-    users = [args for instruction, args in instructions(dockerfile) if instruction == "USER"]
-    if dockerfile.stem.startswith(("base-", "mlflow-")):
-        assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), users
-    else:  # a stage image keeps its base's user
-        assert not users, f"{dockerfile.name} switches user: {users}"
-
-
-def test_stage_dockerfiles_record_the_commit(plan):
-    for stage, build in stage_builds(plan).items():
-        text = " ".join(args for _, args in instructions(build.dockerfile))
-        assert "ARG GIT_COMMIT" in build.dockerfile.read_text()
-        assert 'org.opencontainers.image.revision="${GIT_COMMIT}"' in text, stage
-        assert "SIDREASONER_GIT_COMMIT=${GIT_COMMIT}" in text, stage
-        # The Dockerfile's default base is the one `make images` builds it on.
-        default_base = re.search(r"ARG BASE=\S+/(base-\w+):", build.dockerfile.read_text()).group(1)
-        assert base_dockerfile(build).stem == default_base, stage
-
-
-def test_build_context_admits_what_dockerfiles_copy():
-    allowed = {line[1:].strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-               if line.startswith("!")}
-    for dockerfile in DOCKERFILES:
-        for instruction, args in instructions(dockerfile):
-            if instruction == "COPY":
-                for src in args.split()[:-1]:
-                    assert (ROOT / src).exists(), f"{dockerfile.name}: COPY {src}: no such path"
-                    assert Path(src).parts[0] in allowed, f"{dockerfile.name}: COPY {src} is excluded by .dockerignore"
 
 
 def test_make_images_refuses_without_an_engine(tmp_path):
@@ -236,5 +101,75 @@ def test_make_push_needs_a_registry():
     assert result.returncode != 0 and "make push needs REGISTRY" in result.stderr
     out = subprocess.run(["make", "-n", "push", "REGISTRY=r.test/x", "TAG=t"], cwd=ROOT, capture_output=True,
                          text=True, check=True).stdout
-    for stage in DECLARED_STAGES:
-        assert f"r.test/x/{stage.replace('_', '-')}:t" in out
+    for image in [*STAGE_IMAGES, "mlflow-server"]:
+        assert f"r.test/x/{image.replace('_', '-')}:t" in out
+
+
+# ---- Dockerfiles ---------------------------------------------------------------------------
+
+#: Every Dockerfile a build uses: each stage context's (its flavour's template with its name) and
+#: the MLflow server's.
+DOCKERFILES = {**{f"{stage} context": images.dockerfile(stage) for stage in STAGE_IMAGES},
+               "mlflow-server": (DOCKER / "mlflow-server.Dockerfile").read_text()}
+
+
+def test_every_template_is_used():
+    templates = {p.relative_to(ROOT).as_posix() for p in DOCKER.glob("stage-*.Dockerfile")}
+    assert templates == set(images.TEMPLATES.values())
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_installs_only_hash_checked_locks(name):
+    for instruction, args in instructions(DOCKERFILES[name]):
+        if instruction != "RUN":
+            continue
+        for command in re.split(r"&&|;", args):
+            if re.search(r"\bpip install\b", command):
+                if " -r " in command:
+                    assert "--require-hashes" in command and "--no-deps" in command, command
+                else:  # the stage's code, whose dependencies are all in the locks
+                    assert "--no-deps" in command and "/tmp/stage" in command, command
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dockerfile_runs_as_numeric_non_root_user(name):
+    users = [args for instruction, args in instructions(DOCKERFILES[name]) if instruction == "USER"]
+    assert users and re.fullmatch(r"[1-9]\d*:[1-9]\d*", users[-1]), users
+
+
+@pytest.mark.parametrize("stage", STAGE_IMAGES)
+def test_stage_image_is_labelled_with_the_commit_after_its_dependencies(stage):
+    steps = instructions(images.dockerfile(stage))
+    assert ("ARG", f"STAGE={stage}") in steps
+    assert ("LABEL", 'org.opencontainers.image.revision="${GIT_COMMIT}"') in steps
+    assert ("ENV", "SIDREASONER_GIT_COMMIT=${GIT_COMMIT}") in steps
+    # A new commit must not invalidate the layers installing the locks and the code.
+    commit = steps.index(("ARG", "GIT_COMMIT=unknown"))
+    installs = [i for i, (instruction, args) in enumerate(steps) if instruction == "RUN" and "pip install" in args]
+    assert installs and max(installs) < commit
+
+
+@pytest.mark.parametrize("stage", STAGE_IMAGES)
+def test_stage_image_build_ends_importing_the_stage_and_the_executor(stage):
+    instruction, args = instructions(images.dockerfile(stage))[-1]
+    assert instruction == "RUN"
+    assert 'python3 -m "components.${STAGE}" --help' in args and 'python3 -c "import kfp.dsl.executor_main"' in args
+
+
+@pytest.mark.parametrize("stage", STAGE_IMAGES)
+def test_stage_dockerfile_copies_only_its_context(stage):
+    files = images.context_files(stage)
+    steps = instructions(files["Dockerfile"].decode())
+    copied = [src for instruction, args in steps if instruction == "COPY" for src in args.split()[:-1]]
+    assert copied and all(any(f == src or f.startswith(src + "/") for f in files) for src in copied), copied
+    runs = " ".join(args for instruction, args in steps if instruction == "RUN")
+    installed = re.findall(r"pip install [^&]*?-r /tmp/(\S+)", runs)
+    assert installed == [images.CONTEXT_BUILD_LOCK, images.CONTEXT_STAGE_LOCK]
+
+
+def test_mlflow_server_context_admits_only_what_it_copies():
+    admitted = {line[1:].strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.startswith("!")}
+    copied = {src for instruction, args in instructions(DOCKERFILES["mlflow-server"]) if instruction == "COPY"
+              for src in args.split()[:-1]}
+    assert copied == admitted
+    assert all(Path(ROOT / src).is_file() for src in copied)

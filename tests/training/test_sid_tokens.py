@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from components.common import artifacts, modeling, sid
+from components.common import artifacts, modeling, prompts, sid
 from components.common.training import backbone
 
 
@@ -22,7 +22,7 @@ def test_tiny_backbone_roundtrip_with_sid_tokens(tmp_path):
     backbone.save_backbone(model, tok, tmp_path / "with-sids", tokens)
     model2, tok2 = modeling.load_causal_lm(tmp_path / "with-sids")
     assert artifacts.model_sid_vocabulary(str(tmp_path / "with-sids")) == set(tokens)
-    text = f"{modeling.THINK_OPEN}\n\n{modeling.THINK_CLOSE}\n\n<a_1><b_2><c_3>"
+    text = f"{prompts.THINK_OPEN}\n\n{prompts.THINK_CLOSE}\n\n<a_1><b_2><c_3>"
     ids = tok2(text).input_ids
     pieces = tok2.convert_ids_to_tokens(ids)
     assert pieces[0] == "<think>" and pieces[-3:] == ["<a_1>", "<b_2>", "<c_3>"]
@@ -35,8 +35,6 @@ def test_tiny_backbone_roundtrip_with_sid_tokens(tmp_path):
 
 
 def test_prompts_render_through_the_chat_template(tmp_path):
-    from components.common import prompts
-
     out = backbone.build_tiny_backbone(tmp_path / "tiny", ["some text"] * 10, vocab_size=300)
     _, tok = modeling.load_causal_lm(out)
     text = prompts.render_prompt(tok, prompts.reasoning_messages(["<a_1><b_2><c_3>", "<a_4><b_5><c_6>"]))

@@ -20,7 +20,8 @@ from typing import Any
 from components.common import prompts, sid, storage
 from components.common.artifacts import SID_VOCAB_FILE
 from components.common.config import ConfigError
-from components.common.modeling import THINK_CLOSE, THINK_OPEN, check_causal_lm, load_causal_lm
+from components.common.modeling import check_causal_lm, load_causal_lm
+from components.common.prompts import THINK_CLOSE, THINK_OPEN
 
 log = logging.getLogger(__name__)
 
