@@ -29,7 +29,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from components.common import prompts, sid, storage
+from components.common import leaks, prompts, sid, storage
 
 STATUSES = {"active", "new", "retired"}
 
@@ -203,8 +203,8 @@ def read_reasoning(uri: str, catalog: Catalog) -> list[ReasoningRow]:
             if h not in catalog.sids:
                 raise InputError(f"{where}: history SID {h!r} is not in the sid_map catalog")
         check_sids(text, catalog, where)
-        if target in text:
-            raise InputError(f"{where}: the reasoning mentions the target SID {target} (it must not)")
+        if leaks.names_sid(text, target):
+            raise InputError(f"{where}: the reasoning mentions the target SID {target}, in some spelling (it must not)")
         rows.append(ReasoningRow(list(history), text, target))
     return rows
 

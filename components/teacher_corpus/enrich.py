@@ -199,6 +199,7 @@ class Enricher:
 
     def __init__(self, writer: Writer, catalog: Catalog, checks: ValidationConfig, review: Review):
         self.writer, self.catalog, self.checks, self.review = writer, catalog, checks, review
+        self.generic_words = validation.generic_words(catalog.items.values())
         self.accepted: Counter = Counter()
         self.dropped: Counter = Counter()
         self.skipped_budget: Counter = Counter()
@@ -216,7 +217,8 @@ class Enricher:
         if step == "item_narrative":
             return validation.check_item_narrative(text, job.item.sid, levels, sids, bounds)
         if step == "user_reasoning":
-            return validation.check_user_reasoning(text, job.target.sid, job.target.title, levels, sids, bounds)
+            return validation.check_user_reasoning(text, job.target, job.history, levels, sids, bounds,
+                                                   self.generic_words)
         return validation.check_user_narrative(text, [it.sid for it in job.history], job.target.sid,
                                                levels, sids, bounds)
 

@@ -23,7 +23,7 @@ from components.common.sid import find_sids
 from components.teacher_corpus.data import read_catalog
 from components.teacher_corpus.stage import STAGE, BudgetStop, run
 from components.teacher_corpus.teacher import TeacherError
-from components.teacher_corpus.validation import mentions_title
+from components.teacher_corpus.validation import generic_words, target_leaks
 from tests.teacher_corpus.helpers import (
     API_KEY,
     API_KEY_ENV,
@@ -103,9 +103,10 @@ def test_faults_and_bad_outputs_end_to_end(tmp_path, api_key, mlflow_server, cap
     assert stats["teacher"]["responses"] == 14 + 28 + 9 + 3
     assert stats["teacher"]["requests"] == stats["teacher"]["responses"] + 6 == len(requests)
     # leaks and invented SIDs never enter the outputs
+    generic = generic_words(catalog.items.values())
     for row in reasoning:
-        assert row["target_sid"] not in row["reasoning"]
-        assert not mentions_title(row["reasoning"], catalog.items[row["target_item_id"]].title)
+        history = [catalog.items[i] for i in row["history_item_ids"]]
+        assert not target_leaks(row["reasoning"], catalog.items[row["target_item_id"]], history, generic)
         assert row["target_item_id"] != leaker_target.item_id
     text = " ".join(str(v) for row in corpus + reasoning for v in row.values())
     assert set(find_sids(text, 3)) <= catalog.sids and INVENTED not in text
