@@ -31,8 +31,8 @@ import html
 import math
 import re
 import unicodedata
-from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
+from functools import lru_cache
 
 from components.common.sid import LEVEL_LETTERS, TOKEN_RE, parse_sid
 
@@ -63,6 +63,7 @@ mainly mix far recurs vary reorder expect likely need needs want wants use uses 
 """.split())
 
 
+@lru_cache(maxsize=65536)
 def fold(text: str) -> str:
     """``text`` as compared: HTML entities decoded, NFKC (full-width forms become ASCII),
     invisible format characters dropped, casefolded, letter look-alikes mapped to Latin."""
@@ -165,13 +166,17 @@ def _near_copies(seq: Sequence[str], title: Sequence[str]) -> Iterator[Sequence[
     """Passages of ``seq`` close to ``title``: within :func:`allowed_edits` of it, or a run of
     60% of its words in order (four at least)."""
     n, k = len(title), allowed_edits(len(title))
-    wanted = Counter(title)
+    in_title = set(title)
+    hits = [0]
+    for word in seq:  # hits[i]: words of seq[:i] that occur in the title
+        hits.append(hits[-1] + (word in in_title))
     for length in range(max(2, n - k), n + k + 1):
         for start in range(0, len(seq) - length + 1):
-            window = seq[start:start + length]
-            # the shared-word count bounds the distance from below: skip most windows cheaply
-            if sum((Counter(window) & wanted).values()) >= n - k and _edit_distance(window, title, k) <= k:
-                yield window
+            # a passage within k edits keeps n - k title words: skip the others without the distance
+            if hits[start + length] - hits[start] >= n - k:
+                window = seq[start:start + length]
+                if _edit_distance(window, title, k) <= k:
+                    yield window
     for run in _common_runs(seq, title, max(4, math.ceil(0.6 * n))):
         yield run
 
@@ -191,16 +196,11 @@ def _names_via_passage(seq: Sequence[str], title: Sequence[str], distinctive: se
     return False
 
 
-def _model_codes(title: str, ignored: set[str]) -> list[list[str]]:
+def _model_codes(title_words: Sequence[str]) -> list[list[str]]:
     """The title's model codes (one word of letters and at least two digits, four characters or
-    more: ``CB335WN``, ``T252XL``), each as its pieces, unless ``ignored`` has them all."""
-    codes = []
-    for raw in words(title):
-        parts = pieces(raw)
-        if len(raw) >= 4 and sum(c.isdigit() for c in raw) >= 2 and any(c.isalpha() for c in raw):
-            if not set(parts) <= ignored:
-                codes.append(parts)
-    return codes
+    more: ``CB335WN``, ``T252XL``), each as its pieces."""
+    return [_PIECE.findall(word) for word in title_words
+            if len(word) >= 4 and sum(c.isdigit() for c in word) >= 2 and any(c.isalpha() for c in word)]
 
 
 def _contains(seq: Sequence[str], part: Sequence[str]) -> bool:
@@ -240,9 +240,11 @@ def names_title(text: str, title: str, history_titles: Iterable[str] = (), allow
     present = distinctive.intersection(seq)
     if len(present) >= 2 and 5 * len(present) >= 3 * len(distinctive):
         return True
-    shared = {p for t in history_titles for p in pieces(t)} | {p for w in allowed for p in pieces(w)}
-    text_pieces = pieces(text)
-    if any(_contains(text_pieces, code) for code in _model_codes(title, shared)):
-        return True
+    codes = _model_codes(title_words)
+    if codes:  # a code the history or the allowed words have entirely is no one's name
+        shared = allowed.union(*(pieces(t) for t in history_titles))
+        text_pieces = pieces(text)
+        if any(_contains(text_pieces, code) for code in codes if not set(code) <= shared):
+            return True
     return len(title_words) >= 3 and _names_via_passage(seq, title_words, distinctive, allowed,
                                                         [words(t) for t in history_titles])

@@ -117,9 +117,16 @@ def kind_of(title: str, categories: tuple[str, ...] = (), description: str = "")
     return _rightmost(description[:300]) or Kind(OTHER, None)
 
 
+def _forms(text: str) -> set[str]:
+    return {form for w in words(text) for form in (w, _singular(w), _plural(_singular(w)))}
+
+
+#: The kind table's words (labels and phrases, singular and plural) and purposes.
+_TABLE_WORDS = frozenset(
+    {form for label, _, phrases in KINDS for text in (label, *phrases, OTHER) for form in _forms(text)}
+    | {w for _, purpose, _ in KINDS for w in words(purpose)})
+
+
 def vocabulary(categories: Sequence[str] = ()) -> frozenset[str]:
     """The generic words: every word of the kind table, plus those of ``categories``."""
-    nouns = {w for label, _, phrases in KINDS for text in (label, *phrases) for w in words(text)}
-    nouns.update(w for text in (*categories, OTHER) for w in words(text))
-    purposes = {w for _, purpose, _ in KINDS for w in words(purpose)}
-    return frozenset(purposes | {form for w in nouns for form in (w, _singular(w), _plural(_singular(w)))})
+    return _TABLE_WORDS.union(*(_forms(c) for c in set(categories)))
