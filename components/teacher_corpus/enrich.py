@@ -115,10 +115,14 @@ class TeacherWriter:
 
 
 class OfflineWriter:
-    """The deterministic offline writer (no API)."""
+    """The deterministic offline writer (no API); reasoning paths of at most
+    ``reasoning_max_words`` words (``enrichment.reasoning_max_words``)."""
 
     source = "offline"
     model = None
+
+    def __init__(self, reasoning_max_words: int):
+        self.reasoning_max_words = reasoning_max_words
 
     def prompt_hash(self, kind: str) -> str | None:
         return None
@@ -127,7 +131,7 @@ class OfflineWriter:
         if isinstance(job, ItemJob):
             return offline.item_analysis(job.item) if step == "item_analysis" else offline.item_narrative(job.item)
         if step == "user_reasoning":
-            return offline.user_reasoning(job.sample, job.history, job.target)
+            return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words)
         return offline.user_narrative(job.sample, job.history, job.target, prior or "")
 
 

@@ -238,5 +238,5 @@ def test_offline_backend_needs_no_api_and_marks_its_rows(tmp_path, monkeypatch):
     assert stats["corpus"]["sources"] == {"offline": 14 + 2, "template": 14 * 2 + 16 * 4}
     reasoning = pq.read_table(out["reasoning"]).to_pylist()
     assert len(reasoning) == 2 and {r["source"] for r in reasoning} == {"offline"}
-    assert tracker.params == {"offline_writer": "offline-v1"}
+    assert tracker.params == {"offline_writer": "offline-v2"}
     assert not (tmp_path / "cache").exists()  # nothing to cache

@@ -100,7 +100,7 @@ def test_offline_writer_passes_validation_including_repeat_purchases():
         Sample("u3", ("i7", "i8", "i7"), "i7", 3),  # the target was bought before: never named
         Sample("u4", ("i9",), "i9", 4),
     ]
-    enricher = Enricher(OfflineWriter(), catalog, config().validation, Review(5, 0))
+    enricher = Enricher(OfflineWriter(60), catalog, config().validation, Review(5, 0))
     asyncio.run(enricher.run(build_jobs(catalog, sorted(items), samples), width=1, seed=0))
     result = enricher.result(len(items), len(samples))
     assert result.stats["steps"]["item_narrative"]["accepted"] == 12
@@ -108,6 +108,7 @@ def test_offline_writer_passes_validation_including_repeat_purchases():
     assert result.stats["steps"]["user_narrative"]["accepted"] == 4
     assert not any(result.stats["rejections"].values())
     reasoning = {r["user_id"]: r for r in result.reasoning_rows}
-    assert items["i7"].sid not in reasoning["u3"]["reasoning"] and items["i8"].sid in reasoning["u3"]["reasoning"]
+    assert items["i7"].sid not in reasoning["u3"]["reasoning"] and "a reorder" in reasoning["u3"]["reasoning"]
+    assert items["i5"].sid in reasoning["u2"]["reasoning"]  # the latest item, by its SID
     assert {r["source"] for r in result.corpus_rows} == {"offline"}
     assert all(r["teacher_model"] is None for r in result.corpus_rows)
