@@ -36,14 +36,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
 
+from components.common import leaks, storage
 from components.common import sid as sid_codec
-from components.common import storage
 from components.common.errors import InputError
 
 SPLITS = ("train", "valid", "test")
@@ -485,14 +485,13 @@ class ReasoningRow:
     target_sid: str
 
 
-def read_reasoning(uri: str, catalog: Catalog, leaks: Callable[[str, str], bool] | None = None) -> list[ReasoningRow]:
+def read_reasoning(uri: str, catalog: Catalog) -> list[ReasoningRow]:
     """Reasoning rows, checked: SIDs in the catalog, a non-empty reasoning that never names its
-    target (``leaks(reasoning, target_sid)``, default: the SID string itself)."""
+    target SID in any spelling (:func:`components.common.leaks.names_sid`)."""
     table = storage.read_parquet(uri)
     require_columns(table, pa.schema([REASONING_SCHEMA.field(n) for n in ("history_sids", "reasoning",
                                                                            "target_sid")]),
                     "reasoning", uri, allow_empty=True)
-    leaks = leaks or (lambda text, target: target in text)
     known = set(catalog.sid_of.values())
     rows = []
     for i, row in enumerate(table.select(["history_sids", "reasoning", "target_sid"]).to_pylist()):
@@ -508,8 +507,8 @@ def read_reasoning(uri: str, catalog: Catalog, leaks: Callable[[str, str], bool]
             if sid not in known:
                 raise InputError(f"{where}: history SID {sid!r} is not in the sid_map")
         catalog.check_sids_in(text, where)
-        if leaks(text, target):
-            raise InputError(f"{where}: the reasoning names its target {target} (it must not)")
+        if leaks.names_sid(text, target):
+            raise InputError(f"{where}: the reasoning mentions the target SID {target} (it must not)")
         rows.append(ReasoningRow(list(history), text, target))
     if not rows:
         raise InputError(f"reasoning {uri}: no rows")

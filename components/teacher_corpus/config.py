@@ -251,8 +251,10 @@ class ValidationConfig(Section):
     """Step 1 of item-centric enrichment (the analysis)."""
     item_narrative: LengthBounds = Field(default_factory=lambda: LengthBounds(min_chars=150, max_chars=8000))
     """Step 2 of item-centric enrichment (the paragraph naming the item by its SID)."""
-    user_reasoning: LengthBounds = Field(default_factory=lambda: LengthBounds(min_chars=100, max_chars=8000))
-    """Step 1 of user-centric enrichment (the reasoning path)."""
+    user_reasoning: LengthBounds = Field(default_factory=lambda: LengthBounds(min_chars=40, max_chars=8000))
+    """Step 1 of user-centric enrichment (the reasoning path). Short is allowed: the analysis of
+    a one-item history is one sentence and the summary (the offline writer's is about 70
+    characters)."""
     user_narrative: LengthBounds = Field(default_factory=lambda: LengthBounds(min_chars=100, max_chars=10000))
     """Step 2 of user-centric enrichment (the integrated narrative)."""
     retries_on_rejection: int = Field(2, ge=0, le=10)
@@ -273,6 +275,13 @@ class EnrichmentConfig(Section):
     longest history), ``all`` = every train sample."""
     min_history: int = Field(1, ge=1)
     """Shortest history of a user-centric candidate."""
+    reasoning_max_words: int = Field(60, ge=16, le=2000)
+    """Longest reasoning path the offline writer (``teacher.backend: offline``) writes, in words,
+    a SID counting one word per level (the tokens a model writes for it). The path is the
+    model's ``<think>`` part in reasoning activation and the length it learns to think for: keep
+    it within what the model can write inside ``evaluate.max_reasoning_tokens`` (the CPU
+    profiles' tiny tokenizers spend about 1.6 tokens per word, plus 4 for the think markers). A
+    litellm teacher's length follows its prompt template and ``validation.user_reasoning``."""
     prompt_version: str = Field("v1", pattern=r"^[A-Za-z0-9._-]+$")
     """Version folder of the packaged templates (``components/teacher_corpus/prompts/<v>``)."""
     prompts_uri: str | None = None

@@ -115,10 +115,14 @@ class TeacherWriter:
 
 
 class OfflineWriter:
-    """The deterministic offline writer (no API)."""
+    """The deterministic offline writer (no API); reasoning paths of at most
+    ``reasoning_max_words`` words (``enrichment.reasoning_max_words``)."""
 
     source = "offline"
     model = None
+
+    def __init__(self, reasoning_max_words: int):
+        self.reasoning_max_words = reasoning_max_words
 
     def prompt_hash(self, kind: str) -> str | None:
         return None
@@ -127,7 +131,7 @@ class OfflineWriter:
         if isinstance(job, ItemJob):
             return offline.item_analysis(job.item) if step == "item_analysis" else offline.item_narrative(job.item)
         if step == "user_reasoning":
-            return offline.user_reasoning(job.sample, job.history, job.target)
+            return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words)
         return offline.user_narrative(job.sample, job.history, job.target, prior or "")
 
 
@@ -199,6 +203,7 @@ class Enricher:
 
     def __init__(self, writer: Writer, catalog: Catalog, checks: ValidationConfig, review: Review):
         self.writer, self.catalog, self.checks, self.review = writer, catalog, checks, review
+        self.generic_words = validation.generic_words(catalog.items.values())
         self.accepted: Counter = Counter()
         self.dropped: Counter = Counter()
         self.skipped_budget: Counter = Counter()
@@ -216,7 +221,8 @@ class Enricher:
         if step == "item_narrative":
             return validation.check_item_narrative(text, job.item.sid, levels, sids, bounds)
         if step == "user_reasoning":
-            return validation.check_user_reasoning(text, job.target.sid, job.target.title, levels, sids, bounds)
+            return validation.check_user_reasoning(text, job.target, job.history, levels, sids, bounds,
+                                                   self.generic_words)
         return validation.check_user_narrative(text, [it.sid for it in job.history], job.target.sid,
                                                levels, sids, bounds)
 

@@ -1,11 +1,22 @@
 """The offline writer: deterministic enrichment text from item metadata and histories.
 
-For runs without any API (the demo, CI). It follows the same two steps and the same rules as
-the teacher prompts (the narrative names the item only by its SID; the reasoning path never
-mentions the target; the user narrative recites the history and ends with the target SID), so
-the same validation accepts its output. What it writes is assembled from the catalog's own
-fields (title, brand, categories, description) with a few phrasings chosen by a hash of the
-item or user id: it restates metadata and infers nothing a model would. Its rows carry
+For runs without any API (the demo, CI, the CPU profiles). It follows the same two steps and the
+same rules as the teacher prompts, so the same validation accepts its output:
+
+* item-centric: an analysis restated from the item's fields, then a paragraph that names the
+  item only by its SID and links it to its kind and purpose (:mod:`.kinds`);
+* user-centric, step 1 (the reasoning path): what the paper's teacher writes, in small: a short
+  analysis of the history in the vocabulary of :mod:`.kinds` (the dominant and the latest
+  interest, a recurring brand, how the interest shifts) that ends with the interest the next
+  item serves ("So next: labels, for labeling, from Avery."). Like the paper's teacher it sees
+  the next item for guidance only: it uses that item's kind, purpose and whether its brand is
+  one the history already has, never its title, SID or distinctive words; it names history
+  items only by their SIDs. Its length is ``enrichment.reasoning_max_words``; every path is
+  checked with the stage's own leak detector before it is returned;
+* user-centric, step 2: recites the history SIDs, restates the reasoning's summary, ends with
+  the target SID.
+
+Phrasings are chosen by a hash of the item or user id (no global random state). Rows carry
 ``source="offline"`` and no teacher model.
 """
 
@@ -15,10 +26,13 @@ import hashlib
 import re
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from components.common.artifacts import Item, Sample
+from components.common.sid import TOKEN_RE
+from components.teacher_corpus import kinds, validation
 
-VERSION = "offline-v1"
+VERSION = "offline-v2"
 
 _STOPWORDS = frozenset(
     "a an and are as at by for from in into is it of on or the to with without this that these those "
@@ -56,8 +70,9 @@ def excerpt(description: str, max_chars: int = 300) -> str:
     return out
 
 
-def _kind(item: Item) -> str:
-    return item.category.lower() if item.category else "product"
+def item_kind(item: Item) -> kinds.Kind:
+    """The item's kind and purpose (:func:`kinds.kind_of`)."""
+    return kinds.kind_of(item.title, item.categories, item.description)
 
 
 def _maker(item: Item) -> str:
@@ -66,7 +81,7 @@ def _maker(item: Item) -> str:
 
 def item_analysis(item: Item) -> str:
     """Step 1: the five-part analysis, restated from the item's fields."""
-    kind, words = _kind(item), keywords(item)
+    kind, words = item_kind(item).label, keywords(item)
     path = " > ".join(item.categories) if item.categories else "uncategorised"
     features = [w for w in words if w not in {c.lower() for c in item.categories}][:5] or words[:3]
     lines = [
@@ -82,7 +97,8 @@ def item_analysis(item: Item) -> str:
 
 def item_narrative(item: Item) -> str:
     """Step 2: a paragraph naming the item only by its SID."""
-    sid, kind, words = item.sid, _kind(item), keywords(item)
+    sid, words, aim = item.sid, keywords(item), item_kind(item)
+    kind = aim.label
     key = item.item_id
     sentences = [
         _pick(key + "open", [f"{sid} is a {kind} item{_maker(item)}.", f"Meet {sid}, a {kind} item{_maker(item)}.",
@@ -101,49 +117,100 @@ def item_narrative(item: Item) -> str:
     ]))
     if item.brand:
         sentences.append(f"Buyers who trust {item.brand} often pick {sid}.")
+    if aim.purpose:
+        sentences.append(f"{sid} is for {aim.purpose}.")
     sentences.append(f"In short, {sid} is a {kind} option worth considering.")
     return " ".join(sentences)
 
 
-def user_reasoning(sample: Sample, history: Sequence[Item], target: Item) -> str:
-    """Step 1: a first-person reasoning path over the history; never names the target.
+def count_words(text: str) -> int:
+    """Words of ``text`` as a budget counts them: a SID counts one per level (the tokens a model
+    writes for it)."""
+    return sum(len(TOKEN_RE.findall(word)) or 1 for word in text.split())
 
-    History items equal to the target (repeat purchases) are not mentioned: naming them would
-    reveal the answer.
+
+@dataclass(frozen=True)
+class _Part:
+    text: str
+    keep: int
+    """Higher is kept longer when the budget or the leak check drops parts."""
+
+
+def _summary(history: Sequence[Item], target: Item, brand: bool = True) -> str:
+    """The final interest: the next item's kind, its purpose, and how its brand relates to the
+    history (a brand the history has is named; another one is only called new)."""
+    aim = item_kind(target)
+    text = f"So next: {aim.label}" + (f", for {aim.purpose}" if aim.purpose else "")
+    if brand:
+        known = {it.brand.casefold(): it.brand for it in history if it.brand}
+        if any(it.sid == target.sid for it in history):
+            text += ", a reorder"
+        elif target.brand.casefold() in known:
+            text += f", from {known[target.brand.casefold()]}"
+        elif target.brand and known:
+            text += ", a new brand"
+    return text + "."
+
+
+def _analysis(key: str, history: Sequence[Item], target: Item) -> list[_Part]:
+    """The sentences about the history, in a few fixed phrasings; depth follows its length."""
+    n = len(history)
+    labels = [item_kind(it).label for it in history]
+    last, last_kind = history[-1], labels[-1]
+    latest = f"{last.sid}, {last_kind}" if last.sid != target.sid else last_kind  # the target is never named
+    if n == 1:
+        return [_Part(f"One item: {latest}.", 3)]
+    counts = Counter(labels)
+    # the most frequent kinds, ties to the more recent
+    ranked = sorted(counts, key=lambda k: (-counts[k], -max(i for i, x in enumerate(labels) if x == k)))
+    if len(ranked) == 1:
+        opening = _pick(key + "open", [f"Only {ranked[0]} so far.", f"All {ranked[0]} so far."])
+    elif counts[ranked[0]] > 1:
+        opening = _pick(key + "open", [f"Mostly {ranked[0]}, also {ranked[1]}.", f"Mainly {ranked[0]}, also {ranked[1]}."])
+    else:
+        opening = f"A mix: {', '.join(ranked[:3])}."
+    parts = [_Part(opening, 3), _Part(f"Latest: {latest}.", 4)]
+    brands = Counter(it.brand for it in history if it.brand)
+    if brands:
+        brand, times = brands.most_common(1)[0]
+        parts.append(_Part(f"{brand} recurs." if times > 1 else "Brands vary.", 2))
+    if n >= 3:
+        first_kind = labels[0]
+        parts.append(_Part(f"Shift: {first_kind} to {last_kind}." if first_kind != last_kind
+                           else f"Steady on {last_kind}.", 1))
+    return parts
+
+
+def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_words: int) -> str:
+    """Step 1: a short analysis of the history ending with the next interest; never names the
+    target (see the module docstring).
+
+    Sentences are dropped, least useful first (shift, brands, opening, latest), until the path
+    fits in ``max_words`` (:func:`count_words`) and passes the stage's leak check of the target;
+    then the summary's brand clause goes. The summary without it (at most 11 words, below the
+    config's smallest budget) is the floor: its kind and purpose are generic words.
     """
     key = f"{sample.user_id}:{sample.timestamp}"
-    shown = [item for item in history if item.sid != target.sid]
-    n = len(history)
-    parts = [_pick(key + "open", [f"I am looking at {n} item{'s' if n > 1 else ''} this user interacted with, oldest first.",
-                                  f"Let me go through the {n} item{'s' if n > 1 else ''} in this user's history in order."])]
-    for k, item in enumerate(shown):
-        lead = "First" if k == 0 else ("Most recently" if k == len(shown) - 1 else "Then")
-        parts.append(f"{lead} comes {item.sid}, a {_kind(item)} item{_maker(item)}.")
-    categories = Counter(_kind(item) for item in history)
-    top, top_n = categories.most_common(1)[0]
-    if len(categories) == 1:
-        parts.append(f"Every item here is in {top}, so I think this user is focused on {top}.")
-    else:
-        parts.append(f"I notice the items span {', '.join(sorted(categories))}; {top} comes up most "
-                     f"({top_n} of {n}).")
-    brands = Counter(item.brand for item in history if item.brand)
-    if brands and brands.most_common(1)[0][1] > 1:
-        brand, times = brands.most_common(1)[0]
-        parts.append(f"The brand {brand} appears {times} times, so I think brand matters to this user.")
-    if n >= 4 and _kind(history[0]) != _kind(history[-1]):
-        parts.append(f"Over time their attention moves from {_kind(history[0])} to {_kind(history[-1])}.")
-    if shown:
-        parts.append(f"Since the latest item I can discuss is {shown[-1].sid}, their current need is probably "
-                     f"around {_kind(shown[-1])} or something that goes with it.")
-    parts.append(f"In summary, this user is interested in {', '.join(sorted(categories))} and will likely "
-                 "want something that complements what they already have.")
-    return " ".join(parts)
+    parts = _analysis(key, history, target)
+    # the category words this job knows (validation knows the whole catalog's: a superset)
+    generic = validation.generic_words([*history, target])
+
+    for summary in (_summary(history, target), _summary(history, target, brand=False)):
+        kept = sorted(parts, key=lambda p: -p.keep)
+        while True:
+            text = " ".join([*(p.text for p in parts if p in kept), summary])
+            if count_words(text) <= max_words and not validation.target_leaks(text, target, history, generic):
+                return text
+            if not kept:
+                break
+            kept.pop()
+    return _summary(history, target, brand=False)
 
 
 def user_narrative(sample: Sample, history: Sequence[Item], target: Item, reasoning: str) -> str:
-    """Step 2: recite the history SIDs, restate the reasoning's summary, end with the target SID."""
+    """Step 2: recite the history SIDs, weave in the reasoning (short: all of it), end with the
+    target SID."""
     sids = [item.sid for item in history]
     recital = sids[0] if len(sids) == 1 else ", ".join(sids[:-1]) + f" and then {sids[-1]}"
-    summary = _SENTENCE.split(reasoning.strip())[-1]
-    return (f"This user interacted with {recital}, in that order. {summary} "
+    return (f"This user interacted with {recital}, in that order. {reasoning.strip()} "
             f"After {sids[-1]}, the item they chose next was {target.sid}")

@@ -66,7 +66,7 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
         tracker.log_params({"prompt_templates": {step: t.hash for step, t in templates.items()},
                             "teacher_cache": cache.root})
     else:
-        writer = OfflineWriter()
+        writer = OfflineWriter(cfg.enrichment.reasoning_max_words)
         prompt_info = {"offline_writer": offline.VERSION}
         tracker.log_params({"offline_writer": offline.VERSION})
 

@@ -7,7 +7,8 @@ names, counted per step in the stage's stats:
 * ``unknown_sid``: a SID that names no catalog item (an invented or retired SID);
 * ``malformed_sid``: a SID token outside a complete SID (e.g. ``<a_3><c_9>``);
 * ``missing_own_sid``: an item narrative that never names its item's SID;
-* ``leaks_target_sid``, ``leaks_target_title``: a reasoning path that reveals the answer;
+* ``leaks_target_sid``, ``leaks_target_title``: a reasoning path that reveals the answer, in any
+  spelling (:mod:`components.common.leaks`: SIDs normalised, near-identical titles);
 * ``history_not_recited``: a user narrative that does not recite the history SIDs in order;
 * ``not_ending_with_target``: a user narrative whose last words are not the target SID.
 """
@@ -15,14 +16,16 @@ names, counted per step in the stage's stats:
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
+from components.common import leaks
+from components.common.artifacts import Item
 from components.common.prompts import THINK_CLOSE, THINK_OPEN
 from components.common.sid import TOKEN_RE, find_sids
+from components.teacher_corpus import kinds
 from components.teacher_corpus.config import LengthBounds
 
 _THINK = re.compile(re.escape(THINK_OPEN) + r".*?" + re.escape(THINK_CLOSE), re.S)
-_WORDS = re.compile(r"[^0-9a-z]+")
 #: What may follow the final SID of a user narrative: punctuation, quotes, markdown, spaces.
 _TAIL = re.compile(r"[\s.,;:!?\"'`*_)\]]*")
 
@@ -56,14 +59,25 @@ def _sids(text: str, levels: int, catalog_sids: frozenset[str]) -> tuple[list[st
     return found, reasons
 
 
-def _words(text: str) -> str:
-    return " " + " ".join(_WORDS.sub(" ", text.lower()).split()) + " "
+def generic_words(items: Iterable[Item]) -> frozenset[str]:
+    """Words a reasoning path may use whatever the target: the catalog's category words and the
+    product-kind vocabulary of :mod:`.kinds`."""
+    return kinds.vocabulary([category for item in items for category in item.categories])
 
 
-def mentions_title(text: str, title: str) -> bool:
-    """Whether ``title`` appears in ``text`` as whole words, ignoring case and punctuation."""
-    needle = _words(title)
-    return needle.strip() != "" and needle in _words(text)
+def target_leaks(text: str, target: Item, history: Sequence[Item], generic: frozenset[str]) -> list[str]:
+    """How ``text`` reveals ``target``: its SID in any spelling, its title or a near-identical
+    one. What the history shares with the target (its other items' titles and brands) and
+    ``generic`` words are not the target's; the target bought before shares nothing (naming it
+    names the answer)."""
+    reasons = []
+    if leaks.names_sid(text, target.sid):
+        reasons.append("leaks_target_sid")
+    others = [it for it in history if it.sid != target.sid]
+    brands = {w for it in others for w in leaks.words(it.brand)}
+    if leaks.names_title(text, target.title, [it.title for it in others], generic | brands):
+        reasons.append("leaks_target_title")
+    return reasons
 
 
 def check_item_analysis(text: str, levels: int, catalog_sids: frozenset[str], bounds: LengthBounds) -> list[str]:
@@ -78,14 +92,9 @@ def check_item_narrative(text: str, sid: str, levels: int, catalog_sids: frozens
     return _length(text, bounds) + reasons
 
 
-def check_user_reasoning(text: str, target_sid: str, target_title: str, levels: int,
-                         catalog_sids: frozenset[str], bounds: LengthBounds) -> list[str]:
-    found, reasons = _sids(text, levels, catalog_sids)
-    if target_sid in found or target_sid in text:
-        reasons.append("leaks_target_sid")
-    if mentions_title(text, target_title):
-        reasons.append("leaks_target_title")
-    return _length(text, bounds) + reasons
+def check_user_reasoning(text: str, target: Item, history: Sequence[Item], levels: int,
+                         catalog_sids: frozenset[str], bounds: LengthBounds, generic: frozenset[str]) -> list[str]:
+    return _length(text, bounds) + _sids(text, levels, catalog_sids)[1] + target_leaks(text, target, history, generic)
 
 
 def _is_subsequence(needle: Sequence[str], haystack: Sequence[str]) -> bool:

@@ -60,6 +60,8 @@ def test_demo_section_validates():
     ({"tasks": {"templates": {"sid_history_to_sid": [{"user": "{history}"}]}}},
      r"tasks\.templates\.sid_history_to_sid: unknown key"),
     ({"enrichment": {"userz": 3}}, r"enrichment\.userz: unknown key \(did you mean 'users'\?\)"),
+    ({"enrichment": {"reasoning_max_words": 8}}, r"enrichment\.reasoning_max_words: Input should be greater than or equal to 16"),
+    ({"enrichment": {"reasoning_max_words": "short"}}, r"enrichment\.reasoning_max_words: Input should be a valid integer"),
 ])
 def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -46,15 +46,30 @@ def test_item_narrative(text, reasons):
     assert v.check_item_narrative(text, A, 3, CATALOG_SIDS, WIDE) == reasons
 
 
+def _it(sid: str, title: str, brand: str = "Acme", category: str = "Pens") -> Item:
+    return Item(item_id=sid, title=title, description="", brand=brand, categories=("Office", category), sid=sid)
+
+
+TARGET = _it(T, "Acme Gel Pen, Blue")
+HISTORY = [_it(A, "Acme Ballpoint Pen, Black"), _it(B, "Papyra Copy Paper", "Papyra", "Paper")]
+
+
 @pytest.mark.parametrize("text, reasons", [
     (f"I notice {A} then {B}; I think they like pens.{PAD}", []),
     (f"I notice {A} then {B}; next they buy {T}.{PAD}", ["leaks_target_sid"]),
+    (f"I notice {A}; next they buy <A_3><B_3><C_3>.{PAD}", ["leaks_target_sid"]),
+    (f"I notice {A}; next they buy a_3 b_3 c_3.{PAD}", ["leaks_target_sid"]),
+    (f"I notice {A}; next they buy ＜a_3＞＜b_3＞＜c_3＞.{PAD}", ["leaks_target_sid"]),
     (f"I notice {A}; next they buy the acme GEL-pen, blue!{PAD}", ["leaks_target_title"]),
-    (f"I notice {A}; they like gel pens in blue.{PAD}", []),  # the words, not the title
+    (f"I notice {A}; next they buy an Acme gel pen.{PAD}", ["leaks_target_title"]),  # the title minus a word
+    (f"I notice {A}; they like pens in blue.{PAD}", []),  # one distinctive word, not the title
+    (f"I notice {A}; they like gel pens in blue.{PAD}", ["leaks_target_title"]),  # all its distinctive words
+    (f"I notice {A}; so next: pens, for writing, from Acme.{PAD}", []),  # shared brand, generic kind
     (f"I notice {A} and <a_0><b_0><c_0>.{PAD}", ["unknown_sid"]),
 ])
 def test_user_reasoning_leak_check(text, reasons):
-    assert v.check_user_reasoning(text, T, "Acme Gel Pen, Blue", 3, CATALOG_SIDS, WIDE) == reasons
+    generic = v.generic_words([TARGET, *HISTORY])
+    assert v.check_user_reasoning(text, TARGET, HISTORY, 3, CATALOG_SIDS, WIDE, generic) == reasons
 
 
 @pytest.mark.parametrize("text, reasons", [
@@ -86,7 +101,7 @@ def test_offline_writer_passes_validation_including_repeat_purchases():
         Sample(2, "u3", ("i7", "i8", "i7"), "i7", 3, "train"),  # the target was bought before: never named
         Sample(3, "u4", ("i9",), "i9", 4, "train"),
     ]
-    enricher = Enricher(OfflineWriter(), catalog, config().validation, Review(5, 0))
+    enricher = Enricher(OfflineWriter(60), catalog, config().validation, Review(5, 0))
     asyncio.run(enricher.run(build_jobs(catalog, sorted(items), samples), width=1, seed=0))
     result = enricher.result(len(items), len(samples))
     assert result.stats["steps"]["item_narrative"]["accepted"] == 12
@@ -94,6 +109,7 @@ def test_offline_writer_passes_validation_including_repeat_purchases():
     assert result.stats["steps"]["user_narrative"]["accepted"] == 4
     assert not any(result.stats["rejections"].values())
     reasoning = {r["user_id"]: r for r in result.reasoning_rows}
-    assert items["i7"].sid not in reasoning["u3"]["reasoning"] and items["i8"].sid in reasoning["u3"]["reasoning"]
+    assert items["i7"].sid not in reasoning["u3"]["reasoning"] and "a reorder" in reasoning["u3"]["reasoning"]
+    assert items["i5"].sid in reasoning["u2"]["reasoning"]  # the latest item, by its SID
     assert {r["source"] for r in result.corpus_rows} == {"offline"}
     assert all(r["teacher_model"] is None for r in result.corpus_rows)

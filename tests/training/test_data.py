@@ -176,5 +176,5 @@ def test_valid_samples_and_reasoning_are_checked(tmp_path, synthetic, catalog):
     assert histories and all(target in catalog.sids for _, target in histories)
     leak = rewrite(synthetic["reasoning"], tmp_path / "r.parquet",
                    {(0, "reasoning"): f"Obviously {storage.read_parquet(synthetic['reasoning'])['target_sid'][0]}."})
-    with pytest.raises(InputError, match="names its target"):
+    with pytest.raises(InputError, match="mentions the target SID"):
         artifacts.read_reasoning(leak, catalog)
