@@ -4,6 +4,8 @@ Defaults are the recipe's (RECIPE.md section 3): lr 3e-4 AdamW, 20 warmup steps 
 decay, global batch 1024, up to 10 epochs with evaluation every epoch, early stopping with
 patience 3 on the valid-split loss and the best checkpoint kept, bf16, cutoff 1024 tokens
 (keeping the last ones), labels on the answer only (the end-of-turn token not supervised).
+``validation.metric: ndcg`` (or ``hr``) picks the checkpoint by NDCG@k of the constrained
+decoder on the valid sample instead (direct mode: the task this stage is evaluated on).
 
 The SFT settings are the training library's (:class:`components.common.training.settings.SFTSettings`).
 """
@@ -75,7 +77,8 @@ class AlignSFTConfig(SFTSettings):
     tasks: list[str] | None = None
     """Corpus tasks to train on; null: every task in the corpus."""
     max_valid_samples: int | None = Field(None, ge=1)
-    """Cap on the valid-split rows of the validation loss (a seeded sample); null: all."""
+    """Cap on the valid-split rows of the validation loss (a seeded sample); null: all. The
+    decoded validation sample (validation.max_samples) is a prefix of the same seeded order."""
 
     @model_validator(mode="after")
     def _warmup(self) -> AlignSFTConfig:

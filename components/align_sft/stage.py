@@ -6,7 +6,8 @@ The recipe, top to bottom:
 1. a scheduled run with a production model starts from it instead of the backbone (warm start);
 2. pre-flight: the machine can run the settings, the backbone is a causal LM;
 3. the inputs, checked: the catalog (SID tokens), the corpus (the configured tasks), the valid
-   split's histories (a seeded sample);
+   split's histories in a seeded order (its first ``max_valid_samples`` for the validation loss,
+   its first ``validation.max_samples`` for the direct-mode HR/NDCG validation);
 4. the starting model: the backbone (or the tiny one, built from the run's text) extended with
    the SID tokens; the corpus and valid rows encoded;
 5. the SFT engine trains, resumes or reuses a finished run of the same job, and publishes the
@@ -16,19 +17,18 @@ The recipe, top to bottom:
 from __future__ import annotations
 
 import logging
-import random
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from components.align_sft.config import AlignSFTConfig, BackboneConfig
 from components.common import artifacts, storage
-from components.common.errors import InputError
 from components.common.lineage import StageRun
 from components.common.registry import continued_from
 from components.common.stage import StageContext
 from components.common.training import backbone, launch, sft
 from components.common.training.models import finish_stage
+from components.common.training.validation import valid_rows, validation_sample
 
 log = logging.getLogger(__name__)
 
@@ -47,21 +47,6 @@ def warm_start(cfg: AlignSFTConfig, inputs: Mapping[str, str], tracker: StageRun
         uri=previous.model_uri, new_token_warmup_steps=cfg.backbone.new_token_warmup_steps)})
 
 
-def valid_histories(uri: str, catalog: artifacts.Catalog, limit: int | None, seed: int) -> list[tuple[list[str], str]]:
-    """(history SIDs, target SID) of the valid split (a seeded sample of ``limit``)."""
-    rows = []
-    for sample in artifacts.read_samples(uri).split("valid"):
-        missing = [item for item in [*sample.history, sample.target] if item not in catalog.sid_of]
-        if missing:
-            raise InputError(f"samples {uri} row {sample.row}: item(s) {missing[:3]} have no SID in the sid_map")
-        rows.append(([catalog.sid_of[item] for item in sample.history], catalog.sid_of[sample.target]))
-    if not rows:
-        raise InputError(f"samples {uri}: no rows in the valid split (needed for validation)")
-    if limit is not None and len(rows) > limit:
-        rows = random.Random(seed).sample(rows, limit)
-    return rows
-
-
 def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     cfg = warm_start(cfg, inputs, tracker)
@@ -74,7 +59,8 @@ def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
 
     catalog = artifacts.read_catalog(inputs["sid_map"])
     corpus = artifacts.read_corpus(inputs["corpus"], catalog, cfg.tasks)
-    valid = valid_histories(inputs["samples"], catalog, cfg.max_valid_samples, ctx.seed)
+    valid = valid_rows(inputs["samples"], catalog, ctx.seed)  # seeded order: the samples below are prefixes
+    loss_rows = valid[: cfg.max_valid_samples] if cfg.max_valid_samples is not None else valid
     digests = dict(ctx.input_digests)
     if cfg.backbone.uri is not None:
         digests["backbone"] = storage.digest(cfg.backbone.uri)
@@ -91,10 +77,10 @@ def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
 
     def encode(tokenizer):
         return (sft.encode_corpus(tokenizer, corpus, cfg.supervise_end_token, cfg.max_length),
-                sft.encode_direct(tokenizer, valid, cfg.supervise_end_token, cfg.max_length))
+                sft.encode_direct(tokenizer, loss_rows, cfg.supervise_end_token, cfg.max_length))
 
     record = artifacts.ModelRecord(sid_space=catalog.sid_space, sid_map_digest=ctx.input_digests["sid_map"], stage=NAME)
     stats = sft.run_sft(stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"], input_digests=digests,
                         prepare_base=prepare_base, encode=encode, record=record, sid_vocab=list(catalog.tokens),
-                        gpus=gpus)
+                        gpus=gpus, validation=validation_sample(valid, catalog, cfg.validation))
     return finish_stage(NAME, cfg, tracker, outputs, stats, digests)

@@ -93,8 +93,21 @@ class TransformersDecoder:
 
     def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, device: torch.device):
         kwargs = {} if settings.dtype == "auto" else {"dtype": DTYPES[settings.dtype]}
-        self.model, self.tokenizer = load_causal_lm(model_dir, **kwargs)
-        self.model.to(device).eval()
+        model, tokenizer = load_causal_lm(model_dir, **kwargs)
+        self._attach(model.to(device).eval(), tokenizer, catalog_sids, settings, device)
+
+    @classmethod
+    def of_model(cls, model: Any, tokenizer: Any, catalog_sids: Sequence[str],
+                 settings: DecoderSettings) -> TransformersDecoder:
+        """A decoder of a model already in memory, on its device (the training processes' validation
+        decodes the model being trained); the caller puts it in eval mode while decoding."""
+        decoder = cls.__new__(cls)
+        decoder._attach(model, tokenizer, catalog_sids, settings, model.device)
+        return decoder
+
+    def _attach(self, model: Any, tokenizer: Any, catalog_sids: Sequence[str], settings: DecoderSettings,
+                device: torch.device) -> None:
+        self.model, self.tokenizer = model, tokenizer
         ensure_pad_token(self.tokenizer)
         self.trie = SidTrie.from_tokenizer(self.tokenizer, catalog_sids).to(device)
         self.settings, self.device = settings, device

@@ -1,4 +1,4 @@
-"""``python -m components.grpo --config PROFILE --reasoning-model URI --reasoning URI --sid-map URI``"""
+"""``python -m components.grpo --config PROFILE --reasoning-model URI --reasoning URI --sid-map URI [--samples URI]``"""
 
 from components.common.stage import stage_main
 from components.grpo import STAGE

@@ -2,7 +2,8 @@
 (the paper's observation) visible, or shows that it did not happen.
 
 The table is built from the Trainer's log history (one record per logged step, restored across
-resumes from the checkpoint's trainer state).
+resumes from the checkpoint's trainer state); the periodic validation's records fill its
+``validation_*`` columns at the steps it ran (HR/NDCG at the configured k).
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from components.common.training.settings import ValidationConfig
 
 #: Table column -> key in TRL's log record (a column of the other reward mode stays empty).
 COLUMNS = {
@@ -32,14 +35,29 @@ COLUMNS = {
 }
 
 
-def step_table(log_history: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per logged training step (the last record of a step wins after a resume)."""
+#: Table column -> the periodic validation's metric (``eval_<name>``; ``{k}``: validation.k).
+VALIDATION_COLUMNS = {
+    "validation_hr": "hr_at_{k}",
+    "validation_ndcg": "ndcg_at_{k}",
+    "validation_reasoning_closed_rate": "reasoning_closed_rate",
+    "validation_reasoning_tokens": "reasoning_tokens",
+}
+
+
+def step_table(log_history: Sequence[Mapping[str, Any]], validation: ValidationConfig) -> list[dict[str, Any]]:
+    """One row per logged training step (the last record of a step wins after a resume), with the
+    validation's metrics at the steps it ran."""
     rows: dict[int, dict[str, Any]] = {}
+
+    def row(step: int) -> dict[str, Any]:
+        return rows.setdefault(step, {"step": step, **dict.fromkeys([*COLUMNS, *VALIDATION_COLUMNS])})
+
     for record in log_history:
-        if "reward" not in record:
-            continue
-        rows[int(record["step"])] = {"step": int(record["step"]),
-                                     **{col: record.get(key) for col, key in COLUMNS.items()}}
+        if "reward" in record:
+            row(int(record["step"])).update({col: record.get(key) for col, key in COLUMNS.items()})
+        elif validation.best_metric_key in record:
+            row(int(record["step"])).update({col: record.get("eval_" + key.format(k=validation.k))
+                                             for col, key in VALIDATION_COLUMNS.items()})
     return [rows[s] for s in sorted(rows)]
 
 
@@ -79,7 +97,7 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         values = [r[col] for r in rows if r.get(col) is not None]
         return sum(values) / len(values) if values else None
 
-    summary: dict[str, Any] = {"logged_steps": len(table)}
+    summary: dict[str, Any] = {"logged_steps": sum(r.get("reward") is not None for r in table)}
     for col in ("reward", "hit_rate", "beam_hit_rate", "reasoning_closed_rate", "valid_sid_rate", "reasoning_tokens",
                 "reasoning_chars", "kl"):
         summary[f"{col}_first"] = mean(table[:window], col)
@@ -91,7 +109,7 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def plot(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
-    """Reward, hit rate and reasoning length per step on one chart (PNG)."""
+    """Reward, hit rate, the validation's NDCG and reasoning length per step on one chart (PNG)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -101,6 +119,10 @@ def plot(table: Sequence[Mapping[str, Any]], path: Path) -> Path:
     fig, left = plt.subplots(figsize=(8, 4.5))
     for col, style in (("reward", "-"), ("hit_rate", "--"), ("valid_sid_rate", ":")):
         left.plot(steps, [r.get(col) if r.get(col) is not None else math.nan for r in table], style, label=col)
+    validated = [r for r in table if r.get("validation_ndcg") is not None]
+    if validated:
+        left.plot([r["step"] for r in validated], [r["validation_ndcg"] for r in validated], "o",
+                  label="validation NDCG")
     left.set_xlabel("step")
     left.set_ylabel("reward / rate")
     right = left.twinx()

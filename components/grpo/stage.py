@@ -4,10 +4,12 @@ free sampling) or by the exact-match rank reward over trie-constrained beam roll
 (``reward.mode: beam_rank``, RECIPE.md section 11).
 
 Inputs: ``reasoning_model`` (reason_sft's model folder), ``reasoning`` (prompts and targets),
-``sid_map`` (catalog of the validity reward). Outputs: ``model`` (save_pretrained folder +
-sid_vocab.json), ``stats`` (JSON with the per-step table: reward, hit rate, valid-SID rate,
-reasoning length, KL). MLflow also gets the table as CSV and a chart of reward vs reasoning
-length per step.
+``sid_map`` (catalog of the validity reward), ``samples`` (the valid split of the periodic
+validation, ``validation.every_steps``: greedy thinking-mode decoding every N steps, the best
+validated model kept). Outputs: ``model`` (save_pretrained folder + sid_vocab.json), ``stats``
+(JSON with the per-step table: reward, hit rate, valid-SID rate, reasoning length, KL, and the
+validation's HR/NDCG at the steps it ran; the validation curve and the kept step). MLflow also
+gets the table as CSV and a chart of reward vs reasoning length per step.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from components.common.stage import StageContext
 from components.common.training import backbone, grpo, launch
 from components.common.training.models import finish_stage
 from components.common.training.settings import GRPOSettings, settings_of
+from components.common.training.validation import valid_rows, validation_sample, validation_summary
 from components.grpo import report
 from components.grpo.config import GRPOStageConfig
 from components.grpo.rollout import plan_rollouts, vllm_server
@@ -72,6 +75,12 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     if cfg.reward.mode == "beam_rank":
         check_beam_layout(cfg, world, len(catalog.sids))
     rows = artifacts.read_reasoning(inputs["reasoning"], catalog)
+    validation = None
+    if cfg.validation.every_steps is not None:
+        if "samples" not in inputs:
+            raise ConfigError(f"{NAME}.validation.every_steps: the periodic validation decodes the valid split, but "
+                              "no samples input was given (--samples); set it to null to train without validation")
+        validation = validation_sample(valid_rows(inputs["samples"], catalog, ctx.seed), catalog, cfg.validation)
 
     def prepare(work: Path) -> tuple[grpo.GRPOPayload, dict[str, Any]]:
         from datasets import Dataset
@@ -96,21 +105,27 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
             reward_args={"reward": cfg.reward.model_dump(mode="json"), "catalog": sorted(catalog.sids)},
             record=artifacts.ModelRecord(sid_space=catalog.sid_space, sid_map_digest=ctx.input_digests["sid_map"],
                                          stage=NAME),
-            sid_vocab=list(catalog.tokens))
+            sid_vocab=list(catalog.tokens), validation=validation)
         return payload, data_stats
 
     stats, result = launch.run_training(
         stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"], input_digests=ctx.input_digests,
         entry=grpo.ENTRY, world=world, gpu_ids=plan.train_gpus[:world], prepare=prepare,
         around=lambda payload: vllm_server(plan, cfg, payload.base_model))
-    table = report.step_table(result.get("log_history", []))
+    history = result.get("log_history", [])
+    table = report.step_table(history, cfg.validation)
+    validated = cfg.validation.every_steps is not None
     stats.update({"global_step": result["global_step"], "resumed_from_step": result.get("resumed_from_step"),
                   "rollout_engine": plan.engine, "vllm_mode": plan.vllm_mode, "reward_mode": cfg.reward.mode,
-                  "train_runtime_s": next((r["train_runtime"] for r in reversed(result.get("log_history", []))
-                                           if "train_runtime" in r), None),
-                  "summary": report.summarize(table), "steps": table})
+                  "train_runtime_s": next((r["train_runtime"] for r in reversed(history) if "train_runtime" in r),
+                                          None),
+                  "summary": report.summarize(table), "steps": table,
+                  "validation": validation_summary(history, cfg.validation, result, restored_best=True)
+                  if validated else None})
     log_step_table(tracker, table)
     metrics = {"global_step": stats["global_step"], **stats["summary"]}
+    if validated:
+        metrics.update(kept_step=stats["validation"]["kept_step"], kept_valid_value=stats["validation"]["kept_value"])
     return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests, metrics=metrics)
 
 

@@ -4,13 +4,25 @@ Defaults are the recipe's: start from the Stage-1 best model, lr 1e-5, 10 warmup
 batch 1024 (micro-batch 8), up to 5 epochs with early stopping patience 5 on the evaluation
 loss, cutoff 1024, bf16, full fine-tune, the whole assistant span supervised including the end
 token. The evaluation loss is computed on a held-out share of the reasoning rows.
+``validation.metric: ndcg`` (or ``hr``) picks the checkpoint by NDCG@k of thinking-mode decoding
+(greedy reasoning, then the constrained SID beam) on a sample of the valid split instead.
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, model_validator
 
-from components.common.training.settings import SFTSettings
+from components.common.training.settings import SFTSettings, SFTValidation
+
+
+class ReasoningValidation(SFTValidation):
+    """As :class:`SFTValidation`, decoded in thinking mode by default (what this stage trains)."""
+
+    mode: Literal["direct", "thinking"] = "thinking"
+    """thinking: greedy reasoning until </think>, then the SID beam, as evaluation does; direct:
+    the SID beam only."""
 
 
 class ReasonSFTConfig(SFTSettings):
@@ -33,6 +45,9 @@ class ReasonSFTConfig(SFTSettings):
     eval_strategy 'no' trains on every row."""
     max_rows: int | None = Field(None, ge=1)
     """Cap on the training rows (a seeded sample); null: all."""
+    validation: ReasoningValidation = Field(default_factory=ReasoningValidation)
+    """The metric that picks the kept checkpoint: the loss on the held-out reasoning rows (the
+    recipe), or HR/NDCG@k of thinking-mode decoding on the valid sample (needs the samples input)."""
 
     @model_validator(mode="after")
     def _held_out(self) -> ReasonSFTConfig:

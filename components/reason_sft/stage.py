@@ -3,8 +3,10 @@
 
 The recipe, top to bottom: pre-flight (hardware, the aligned model is a causal LM that knows every
 SID token of the sid_map); the reasoning rows, checked (catalog SIDs, no reasoning naming its
-target), split into training and a held-out share; the SFT engine trains from a copy of the
-aligned model and publishes the model; stats and the MLflow LoggedModel follow.
+target), split into training and a held-out share (the validation loss); with a ranking
+validation metric, a seeded sample of the valid split (thinking-mode HR/NDCG); the SFT engine
+trains from a copy of the aligned model and publishes the model; stats and the MLflow
+LoggedModel follow.
 """
 
 from __future__ import annotations
@@ -15,11 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from components.common import artifacts, storage
+from components.common.config import ConfigError
 from components.common.errors import InputError
 from components.common.lineage import StageRun
 from components.common.stage import StageContext
 from components.common.training import backbone, launch, sft
 from components.common.training.models import finish_stage
+from components.common.training.validation import valid_rows, validation_sample
 from components.reason_sft.config import ReasonSFTConfig
 
 NAME = "reason_sft"
@@ -48,6 +52,12 @@ def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     artifacts.check_model_vocabulary(inputs["sft_model"], catalog, "input sft_model")
     rows = artifacts.read_reasoning(inputs["reasoning"], catalog)
     train_rows, held_out = split_rows(rows, cfg.eval_fraction, cfg.max_rows, ctx.seed)
+    validation = None
+    if cfg.validation.ranks:
+        if "samples" not in inputs:
+            raise ConfigError(f"{NAME}.validation.metric: {cfg.validation.metric!r} decodes the valid split, but "
+                              "no samples input was given (--samples)")
+        validation = validation_sample(valid_rows(inputs["samples"], catalog, ctx.seed), catalog, cfg.validation)
 
     def prepare_base(out: Path) -> dict[str, Any]:
         storage.copy(inputs["sft_model"], str(out))
@@ -60,5 +70,5 @@ def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     record = artifacts.ModelRecord(sid_space=catalog.sid_space, sid_map_digest=ctx.input_digests["sid_map"], stage=NAME)
     stats = sft.run_sft(stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"],
                         input_digests=ctx.input_digests, prepare_base=prepare_base, encode=encode, record=record,
-                        sid_vocab=list(catalog.tokens), gpus=gpus)
+                        sid_vocab=list(catalog.tokens), gpus=gpus, validation=validation)
     return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests)

@@ -43,8 +43,34 @@ def test_trainer_args_pass_through_what_the_sections_do_not_name():
         "optim": "adamw_torch_fused", "adam_beta2": 0.95, "lr_scheduler_kwargs": {"power": 2.0},
         "dataloader_num_workers": 4}}, "align_sft")
     assert align.trainer_args["adam_beta2"] == 0.95
-    grpo = parse_section(GRPOStageConfig, {"trainer_args": {"num_generations_eval": 4}}, "grpo")
-    assert grpo.trainer_args == {"num_generations_eval": 4}  # a GRPOConfig field, not an SFTConfig one
+    grpo = parse_section(GRPOStageConfig, {"trainer_args": {"repetition_penalty": 1.1}}, "grpo")
+    assert grpo.trainer_args == {"repetition_penalty": 1.1}  # a GRPOConfig field, not an SFTConfig one
+
+
+@pytest.mark.parametrize("profile", PAPER_PROFILES)
+def test_paper_profiles_validate_as_the_recipe(profile):
+    """SFT keeps the checkpoint of the best validation loss (the recipe); GRPO runs the recipe's
+    periodic greedy validation every 50 steps, in thinking mode, and keeps the best validated model."""
+    data = load_yaml(CONFIG_DIR / f"{profile}.yaml")
+    for name in ("align_sft", "reason_sft"):
+        validation = parse_section(SECTIONS[name], data[name], name).validation
+        assert (validation.metric, validation.best_metric_key, validation.ranks) == ("loss", "eval_loss", False)
+    assert parse_section(ReasonSFTConfig, data["reason_sft"], "reason_sft").validation.mode == "thinking"
+    grpo = parse_section(GRPOStageConfig, data["grpo"], "grpo").validation
+    assert (grpo.every_steps, grpo.mode, grpo.best_metric_key, grpo.max_reasoning_tokens) == \
+        (50, "thinking", "eval_ndcg_at_10", 1024)
+
+
+@pytest.mark.parametrize("profile", ["demo", "office-tiny"])
+def test_cpu_profiles_keep_the_checkpoint_of_the_best_valid_ndcg(profile):
+    data = load_yaml(CONFIG_DIR / f"{profile}.yaml")
+    modes = {"align_sft": "direct", "reason_sft": "thinking", "grpo": "thinking"}
+    for name, section in SECTIONS.items():
+        validation = parse_section(section, data[name], name).validation
+        assert (validation.best_metric_key, validation.mode) == ("eval_ndcg_at_10", modes[name]), name
+        if validation.mode == "thinking":  # what evaluation will do with the model: the same reasoning budget
+            assert validation.max_reasoning_tokens == data["evaluate"]["max_reasoning_tokens"], name
+    assert parse_section(GRPOStageConfig, data["grpo"], "grpo").validation.every_steps is not None
 
 
 def test_reward_mode_is_selected_by_config():
@@ -94,7 +120,15 @@ BAD = [
      r"align_sft.trainer_args: 'adam_beta3' is not an argument of trl.SFTConfig \(did you mean 'adam_beta2'\?\)"),
     (AlignSFTConfig, {"backbone": {"uri": "/m"}, "trainer_args": {"learning_rate": 0.1}},
      "'learning_rate' is set by the training library from this section's own fields"),
-    (ReasonSFTConfig, {"trainer_args": {"num_generations_eval": 4}}, "is not an argument of trl.SFTConfig"),
+    (ReasonSFTConfig, {"trainer_args": {"repetition_penalty": 1.1}}, "is not an argument of trl.SFTConfig"),
+    (GRPOStageConfig, {"trainer_args": {"num_generations_eval": 4}}, "is set by the training library"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "validation": {"k": 20}},
+     r"align_sft.validation: k \(20\) must be at most beam_width \(10\)"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "validation": {"metric": "ndcg"}, "eval_strategy": "no",
+                      "early_stopping_patience": None}, "validation.metric: 'ndcg' is computed at evaluations"),
+    (GRPOStageConfig, {"validation": {"metric": "loss"}}, "Input should be 'ndcg' or 'hr'"),
+    (GRPOStageConfig, {"validation": {"every_steps": 0}}, "greater than or equal to 1"),
+    (ReasonSFTConfig, {"validation": {"mode": "beam"}}, "Input should be 'direct' or 'thinking'"),
 ]
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, Field
 from components.common import artifacts
 from components.common.training.launch import TrainJob
 from components.common.training.settings import GRPOSettings
+from components.common.training.validation import ValidationSample
 
 ENTRY = "components.common.training.grpo:train_grpo"
 
@@ -58,6 +59,22 @@ class GRPOPayload(BaseModel):
     reward_args: dict[str, Any] = Field(default_factory=dict)
     record: artifacts.ModelRecord
     sid_vocab: list[str]
+    validation: ValidationSample | None = None
+    """The valid sample of the periodic validation (``settings.validation.every_steps``)."""
+
+
+def validation_schedule(settings: GRPOSettings) -> dict[str, Any]:
+    """GRPOConfig arguments of the periodic validation: an evaluation (:class:`GRPOValidationLoop`)
+    and a checkpoint every ``every_steps`` steps, the best one restored at the end. The Trainer
+    then tracks the best step, keeps its checkpoint through rotation and resumes, and loads it
+    back after the last step."""
+    validation = settings.validation
+    if validation.every_steps is None:
+        return dict(save_strategy="no", eval_strategy="no")
+    return dict(eval_strategy="steps", eval_steps=validation.every_steps, save_strategy="steps",
+                save_steps=validation.every_steps, load_best_model_at_end=True,
+                metric_for_best_model=validation.best_metric_key, greater_is_better=True,
+                num_generations_eval=1)  # one greedy decoding per prompt (TRL checks eval batches by it)
 
 
 def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use_vllm: bool,
@@ -81,7 +98,7 @@ def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use
         vllm_tensor_parallel_size=rollout.vllm_tensor_parallel_size,
         vllm_max_model_length=rollout.max_prompt_length + rollout.max_completion_length,
         vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.vllm_server_timeout,
-        shuffle_dataset=True, log_completions=False, save_strategy="no", eval_strategy="no",
+        shuffle_dataset=True, log_completions=False, **validation_schedule(settings),
     )
 
 
@@ -94,12 +111,16 @@ def build_rewards(payload: GRPOPayload, tokenizer: Any, job: TrainJob) -> Reward
 def train_grpo(job: TrainJob) -> None:
     """Entry point of each training process."""
     import torch
-    from datasets import load_from_disk
+    from datasets import Dataset, load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
     from components.common.training.callbacks import standard_callbacks
     from components.common.training.engine import resumed_step, save_trained_model, write_result
+    from components.common.training.validation import GRPOValidationLoop, SidValidator
+
+    class ValidatingGRPOTrainer(GRPOValidationLoop, GRPOTrainer):
+        """GRPOTrainer whose evaluations are the periodic ranking validation."""
 
     payload = GRPOPayload.model_validate(job.payload)
     settings = payload.settings
@@ -110,11 +131,19 @@ def train_grpo(job: TrainJob) -> None:
     rewards = build_rewards(payload, tokenizer, job)
     args = GRPOConfig(**grpo_arguments(settings, job, payload.gradient_accumulation_steps, payload.use_vllm,
                                        payload.vllm_server_url, rewards))
+    validating = settings.validation.every_steps is not None
+    if validating and payload.validation is None:
+        raise ValueError("validation.every_steps is set but the payload has no validation sample")
     with rewards.engine_setup(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # known: experimental in TRL 1.16
-        trainer = GRPOTrainer(model=model, reward_funcs=rewards.funcs, args=args,
-                              train_dataset=load_from_disk(payload.prompts), processing_class=tokenizer,
-                              callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func)
+        trainer = (ValidatingGRPOTrainer if validating else GRPOTrainer)(
+            model=model, reward_funcs=rewards.funcs, args=args, train_dataset=load_from_disk(payload.prompts),
+            # the Trainer wants an eval set when it evaluates: the validation rows (ValidatingGRPOTrainer
+            # decodes them itself)
+            eval_dataset=Dataset.from_dict({"target_sid": payload.validation.targets}) if validating else None,
+            processing_class=tokenizer, callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func)
+    if validating:
+        trainer.sid_validator = SidValidator(settings.validation, payload.validation, tokenizer)
     resumed_from = resumed_step(job)
     trainer.train(resume_from_checkpoint=job.resume_from)
     save_trained_model(trainer, job, payload.record, payload.sid_vocab)

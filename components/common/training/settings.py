@@ -37,7 +37,7 @@ MANAGED_ARGS: frozenset[str] = frozenset({
     "beta", "loss_type", "epsilon", "scale_rewards", "num_iterations", "reward_weights",
     "mask_truncated_completions", "use_vllm", "vllm_mode", "vllm_importance_sampling_correction",
     "vllm_gpu_memory_utilization", "vllm_tensor_parallel_size", "vllm_max_model_length", "vllm_server_base_url",
-    "vllm_server_timeout", "log_completions", "use_bias_correction_kl",
+    "vllm_server_timeout", "log_completions", "use_bias_correction_kl", "num_generations_eval",
 })
 
 
@@ -75,6 +75,71 @@ class CheckpointConfig(Section):
     local_dir: str | None = None
     """Local scratch folder for the base model, tokenized data and checkpoints. Unset: the
     system temp folder."""
+
+
+class ValidationConfig(Section):
+    """Validation by what evaluation measures: HR@k / NDCG@k of the trie-constrained decoder
+    (``components/common/decoding.py``) on a seeded sample of the valid split, decoded with the
+    model being trained, inside the training processes (each process decodes its share of the
+    sample with the full weights, gathered under ZeRO-3; the counts are summed over processes)."""
+
+    metric: Literal["ndcg", "hr"] = "ndcg"
+    """What picks the best checkpoint (and what early stopping watches): NDCG@k or HR@k of the
+    ranked SIDs (greater is better)."""
+    k: int = Field(10, ge=1)
+    """Cutoff of HR@k / NDCG@k (at most beam_width)."""
+    mode: Literal["direct", "thinking"] = "direct"
+    """direct: the SID beam after the empty think block; thinking: greedy reasoning until
+    </think> (at most max_reasoning_tokens), then the SID beam, as evaluation does."""
+    max_samples: int | None = Field(256, ge=1)
+    """Valid-split rows decoded (a seeded sample); null: all of them."""
+    beam_width: int = Field(10, ge=1)
+    """Beams of the constrained SID search (evaluation: 10)."""
+    batch_size: int = Field(8, ge=1)
+    """Prompts per constrained beam search batch."""
+    reasoning_batch_size: int = Field(4, ge=1)
+    """Prompts per greedy reasoning batch (thinking mode)."""
+    max_reasoning_tokens: int = Field(1024, ge=1)
+    """Thinking mode: most reasoning tokens before the think block is cut and closed (recipe:
+    1024; keep it at evaluation's setting so validation scores what evaluation will)."""
+
+    @model_validator(mode="after")
+    def _cutoff(self) -> ValidationConfig:
+        if self.k > self.beam_width:
+            raise ValueError(f"k ({self.k}) must be at most beam_width ({self.beam_width}): the ranked list has "
+                             "beam_width SIDs")
+        return self
+
+    @property
+    def ranks(self) -> bool:
+        """Whether the validation decodes (False: the validation loss decides, SFT only)."""
+        return self.metric != "loss"
+
+    @property
+    def best_metric_key(self) -> str:
+        """The Trainer's ``metric_for_best_model``."""
+        return "eval_loss" if self.metric == "loss" else f"eval_{self.metric}_at_{self.k}"
+
+
+class SFTValidation(ValidationConfig):
+    """Which SFT checkpoint is kept: the one with the best validation metric at an evaluation
+    (eval_strategy / eval_steps); early stopping watches the same metric."""
+
+    metric: Literal["loss", "ndcg", "hr"] = "loss"
+    """loss: the validation loss (the recipe's choice; nothing is decoded); ndcg / hr: NDCG@k /
+    HR@k of the constrained decoder on the valid sample (greater is better). The loss is
+    computed at every evaluation either way."""
+
+
+class GRPOValidation(ValidationConfig):
+    """GRPO's periodic greedy validation (the recipe's, every 50 steps): thinking mode on the valid
+    sample every every_steps steps; the best validated model is kept."""
+
+    mode: Literal["direct", "thinking"] = "thinking"
+    """thinking: greedy reasoning, then the SID beam (what GRPO trains); direct: the SID beam only."""
+    every_steps: int | None = Field(50, ge=1)
+    """Validate (and save a checkpoint) every this many optimizer steps, and restore the best
+    validated checkpoint at the end; null: no validation, the last weights are kept."""
 
 
 class TrainerSettings(Section):
@@ -150,10 +215,13 @@ class SFTSettings(TrainerSettings):
     eval_steps: int | None = Field(None, ge=1)
     """Evaluation period in steps (eval_strategy=steps)."""
     early_stopping_patience: int | None = Field(3, ge=1)
-    """Stop after this many evaluations without a better validation loss; the best checkpoint
-    is restored at the end. Null: train to the end, keep the last weights."""
+    """Stop after this many evaluations without a better validation metric (validation.metric);
+    the best checkpoint is restored at the end. Null: train to the end, keep the last weights."""
     supervise_end_token: bool = False
     """Include the end-of-turn token in the loss of chat rows."""
+    validation: SFTValidation = Field(default_factory=SFTValidation)
+    """The metric that picks the kept checkpoint: the validation loss or HR/NDCG@k of the
+    constrained decoder on the valid sample."""
 
     @model_validator(mode="after")
     def _eval(self) -> SFTSettings:
@@ -163,6 +231,9 @@ class SFTSettings(TrainerSettings):
             raise ValueError(f"eval_steps: only used with eval_strategy 'steps' (got {self.eval_strategy!r})")
         if self.early_stopping_patience is not None and self.eval_strategy == "no":
             raise ValueError("early_stopping_patience: needs evaluations (eval_strategy is 'no'); set it to null")
+        if self.validation.ranks and self.eval_strategy == "no":
+            raise ValueError(f"validation.metric: {self.validation.metric!r} is computed at evaluations, but "
+                             "eval_strategy is 'no'; set eval_strategy (and eval_steps) or metric 'loss'")
         if self.global_batch_size % self.per_device_batch_size:
             raise ValueError(f"global_batch_size ({self.global_batch_size}) must be a multiple of "
                              f"per_device_batch_size ({self.per_device_batch_size})")
@@ -231,6 +302,8 @@ class GRPOSettings(TrainerSettings):
     """Exclude completions cut at max_completion_length from the loss."""
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     """How and where rollouts are generated."""
+    validation: GRPOValidation = Field(default_factory=GRPOValidation)
+    """Periodic greedy validation on the valid sample; the best validated model is kept."""
 
     @model_validator(mode="after")
     def _batches(self) -> GRPOSettings:

@@ -32,6 +32,7 @@ from components.common import artifacts, prompts
 from components.common.artifacts import CorpusRow, ReasoningRow
 from components.common.training import launch
 from components.common.training.settings import SFTSettings, settings_of
+from components.common.training.validation import ValidationSample, validation_summary
 
 log = logging.getLogger(__name__)
 
@@ -151,19 +152,24 @@ class SFTPayload(BaseModel):
     sid_vocab: list[str]
     new_token_ids: list[int] = Field(default_factory=list)
     new_token_warmup_steps: int = 0
+    validation: ValidationSample | None = None
+    """The valid sample the ranking validation decodes (``settings.validation.metric`` ndcg / hr)."""
 
 
 def run_sft(*, stage: str, cfg: SFTSettings, ctx: Any, tracker: Any, output: str,
             input_digests: Mapping[str, str], prepare_base: Callable[[Path], dict[str, Any]],
             encode: Callable[[Any], tuple[Encoded, Encoded | None]], record: artifacts.ModelRecord,
-            sid_vocab: list[str], gpus: int) -> dict[str, Any]:
+            sid_vocab: list[str], gpus: int, validation: ValidationSample | None = None) -> dict[str, Any]:
     """Train (or resume, or reuse a finished run of the same job) and publish ``output``.
 
     ``prepare_base(dir)`` writes the starting model into ``dir`` and returns extra payload fields
     (e.g. ``new_token_ids``); ``encode(tokenizer)`` returns the (train, eval) examples;
-    ``input_digests`` (with the config) fingerprint the job. ``ctx`` is the StageContext,
-    ``tracker`` the StageRun. Returns the stage stats.
+    ``validation`` is the valid sample of a ranking validation metric; ``input_digests`` (with the
+    config) fingerprint the job. ``ctx`` is the StageContext, ``tracker`` the StageRun. Returns the
+    stage stats.
     """
+    if cfg.validation.ranks and validation is None:
+        raise ValueError(f"{stage}.validation.metric {cfg.validation.metric!r} needs a valid sample to decode")
     world = launch.world_size(cfg, gpus)
     accumulation = launch.gradient_accumulation(cfg.global_batch_size, cfg.per_device_batch_size,
                                                 world, f"{stage}.global_batch_size")
@@ -184,18 +190,22 @@ def run_sft(*, stage: str, cfg: SFTSettings, ctx: Any, tracker: Any, output: str
         payload = SFTPayload(settings=settings_of(cfg, SFTSettings), base_model=str(base),
                              train_data=str(work / "train"),
                              eval_data=str(work / "eval") if evaluation is not None else None,
-                             gradient_accumulation_steps=accumulation, record=record, sid_vocab=sid_vocab, **extra)
+                             gradient_accumulation_steps=accumulation, record=record, sid_vocab=sid_vocab,
+                             validation=validation if cfg.validation.ranks else None, **extra)
         return payload, {"train": train.stats(), "eval": evaluation.stats() if evaluation else None}
 
     stats, result = launch.run_training(
         stage=stage, cfg=cfg, ctx=ctx, tracker=tracker, output=output, input_digests=input_digests, entry=ENTRY,
         world=world, gpu_ids=list(range(world)) if gpus else [], prepare=prepare)
     stats.update(summarize(result))
+    stats["validation"] = validation_summary(result.get("log_history", []), cfg.validation, result,
+                                             restored_best=cfg.early_stopping_patience is not None)
     return stats
 
 
 def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
-    """Stage stats from the training result: steps, losses, throughput, resume point."""
+    """Stage stats from the training result: steps, losses, the best value of the validation
+    metric and its step (the kept checkpoint when early stopping), throughput, resume point."""
     history = result.get("log_history", [])
     train_losses = [r["loss"] for r in history if "loss" in r]
     eval_losses = [(r["step"], r["eval_loss"]) for r in history if "eval_loss" in r]
@@ -208,7 +218,8 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
         "first_train_loss": train_losses[0] if train_losses else None,
         "last_train_loss": train_losses[-1] if train_losses else None,
         "eval_losses": eval_losses,
-        "best_eval_loss": result.get("best_metric"),
+        "best_eval_loss": min((loss for _, loss in eval_losses), default=None),
+        "best_metric": result.get("best_metric"),
         "best_global_step": result.get("best_global_step"),
         "train_tokens": tokens,
         "train_runtime_s": runtime,
@@ -230,6 +241,10 @@ def train_sft(job: launch.TrainJob) -> None:
 
     from components.common.training.callbacks import NewTokenWarmup, standard_callbacks
     from components.common.training.engine import resumed_step, save_trained_model, training_arguments, write_result
+    from components.common.training.validation import SFTValidationLoop, SidValidator
+
+    class ValidatingSFTTrainer(SFTValidationLoop, SFTTrainer):
+        """SFTTrainer whose evaluations add the ranking validation's metrics."""
 
     payload = SFTPayload.model_validate(job.payload)
     cfg = payload.settings
@@ -248,7 +263,7 @@ def train_sft(job: launch.TrainJob) -> None:
         **training_arguments(cfg, job, payload.gradient_accumulation_steps),
         **schedule,
         load_best_model_at_end=evaluate and cfg.early_stopping_patience is not None,
-        metric_for_best_model="eval_loss", greater_is_better=False,
+        metric_for_best_model=cfg.validation.best_metric_key, greater_is_better=cfg.validation.ranks,
         completion_only_loss=True, max_length=None,
         packing=False, shuffle_dataset=False,  # the Trainer's seeded sampler shuffles every epoch
         include_num_input_tokens_seen="non_padding",
@@ -258,8 +273,13 @@ def train_sft(job: launch.TrainJob) -> None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if payload.new_token_warmup_steps:
         callbacks.append(NewTokenWarmup(model, payload.new_token_ids, payload.new_token_warmup_steps))
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=evaluation if evaluate else None,
-                         processing_class=tokenizer, callbacks=callbacks)
+    trainer = ValidatingSFTTrainer(model=model, args=args, train_dataset=train,
+                                   eval_dataset=evaluation if evaluate else None, processing_class=tokenizer,
+                                   callbacks=callbacks)
+    if evaluate and cfg.validation.ranks:
+        if payload.validation is None:
+            raise ValueError(f"validation.metric {cfg.validation.metric!r}: the payload has no validation sample")
+        trainer.sid_validator = SidValidator(cfg.validation, payload.validation, tokenizer)
     resumed_from = resumed_step(job)
     trainer.train(resume_from_checkpoint=job.resume_from)
     save_trained_model(trainer, job, payload.record, payload.sid_vocab)

@@ -1,0 +1,243 @@
+"""Validation by what evaluation measures (components/common/training/validation.py).
+
+* the valid sample: seeded order, prefixes, bad rows refused;
+* the validator scores the live model exactly as evaluation scores the saved one (both modes);
+* the engines keep the checkpoint of the best validation metric: SFT (with early stopping on the
+  same metric) and GRPO (periodic validation), with scripted metrics so that an early step is
+  the best; the kept weights are that checkpoint's, the log history has the curve.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pytest
+import torch
+
+from components.common import artifacts, prompts, sid
+from components.common.decoding import decode_all
+from components.common.decoding_config import DecoderSettings
+from components.common.errors import InputError
+from components.common.training import grpo, launch, sft
+from components.common.training.settings import GRPOSettings, SFTSettings, SFTValidation, ValidationConfig
+from components.common.training.validation import (
+    SidValidator,
+    ValidationSample,
+    valid_rows,
+    validation_sample,
+    validation_summary,
+)
+from components.evaluate.metrics import hit_and_ndcg, target_rank
+from components.grpo import report
+from components.grpo.config import RewardConfig
+from tests.tiny_sid_model import build_sid_model
+from tests.training.conftest import weights
+
+CODEBOOKS = (4, 5, 6)
+RECORD = artifacts.ModelRecord(sid_space=None, sid_map_digest=None, stage="test")
+
+
+@pytest.fixture(scope="module")
+def sid_setup(tmp_path_factory) -> dict:
+    """A tiny random model that knows the SID tokens, a 40-SID catalog and 12 histories."""
+    model_dir = build_sid_model(tmp_path_factory.mktemp("validation") / "model", CODEBOOKS, seed=3)
+    rng = random.Random(7)
+    catalog = [sid.format_sid(c) for c in sorted({tuple(rng.randrange(n) for n in CODEBOOKS) for _ in range(40)})]
+    histories = [[rng.choice(catalog) for _ in range(rng.randrange(1, 5))] for _ in range(12)]
+    return {"model_dir": model_dir, "catalog": catalog, "histories": histories,
+            "tokens": sid.vocabulary(CODEBOOKS)}
+
+
+# ----------------------------------------------------------------------------------------------
+# The valid sample
+# ----------------------------------------------------------------------------------------------
+
+
+def test_valid_rows_are_a_seeded_order_whose_prefixes_are_the_samples(synthetic):
+    catalog = artifacts.read_catalog(synthetic["sid_map"])
+    rows = valid_rows(synthetic["samples"], catalog, seed=42)
+    valid = [s for s in artifacts.read_samples(synthetic["samples"]).split("valid")]
+    assert sorted(t for _, t in rows) == sorted(catalog.sid_of[s.target] for s in valid)
+    assert valid_rows(synthetic["samples"], catalog, seed=42) == rows
+    one = validation_sample(rows, catalog, ValidationConfig(max_samples=1))
+    assert (one.histories, one.targets) == ([rows[0][0]], [rows[0][1]])
+    assert one.catalog_sids == sorted(catalog.sids)
+    every = validation_sample(rows, catalog, ValidationConfig(max_samples=None))
+    assert len(every.targets) == len(valid)
+
+
+def test_valid_rows_refuse_unknown_items_and_an_empty_split(tmp_path, synthetic):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from components.common import storage
+
+    catalog = artifacts.read_catalog(synthetic["sid_map"])
+    table = pq.read_table(synthetic["samples"])
+    rows = table.to_pylist()
+    bad = [dict(r, target="I999") if r["split"] == "valid" else r for r in rows]
+    storage.write_parquet(pa.Table.from_pylist(bad, schema=table.schema), str(tmp_path / "bad.parquet"))
+    with pytest.raises(InputError, match=r"bad.parquet row \d+: item\(s\) \['I999'\] have no SID"):
+        valid_rows(str(tmp_path / "bad.parquet"), catalog, seed=0)
+    none = [dict(r, split="train") if r["split"] == "valid" else r for r in rows]
+    storage.write_parquet(pa.Table.from_pylist(none, schema=table.schema), str(tmp_path / "none.parquet"))
+    with pytest.raises(InputError, match="no rows in the valid split"):
+        valid_rows(str(tmp_path / "none.parquet"), catalog, seed=0)
+
+
+def test_validation_summary_reads_the_curve_and_the_kept_step():
+    settings = ValidationConfig(metric="hr", k=5, mode="thinking")
+    history = [{"loss": 2.0, "step": 2}, {"eval_hr_at_5": 0.25, "eval_ndcg_at_5": 0.2, "eval_validation_rows": 8,
+                                          "step": 2},
+               {"eval_hr_at_5": 0.5, "eval_ndcg_at_5": 0.3, "eval_validation_rows": 8, "step": 4},
+               {"eval_hr_at_5": 0.375, "eval_ndcg_at_5": 0.3, "eval_validation_rows": 8, "step": 6}]
+    result = {"global_step": 6, "best_global_step": 4, "best_metric": 0.5}
+    summary = validation_summary(history, settings, result, restored_best=True)
+    assert [row["step"] for row in summary["curve"]] == [2, 4, 6]
+    assert (summary["metric"], summary["mode"], summary["rows"]) == ("hr_at_5", "thinking", 8)
+    assert (summary["kept_step"], summary["kept_value"], summary["best_step"]) == (4, 0.5, 4)
+    last = validation_summary(history, settings, result, restored_best=False)
+    assert (last["kept_step"], last["kept_value"]) == (6, 0.375)
+
+
+# ----------------------------------------------------------------------------------------------
+# The validator = evaluation's decoder on the live model
+# ----------------------------------------------------------------------------------------------
+
+
+class LiveTrainer:
+    """What the validator reads of a Trainer, for one process (the engines pass the real one)."""
+
+    def __init__(self, model):
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=True)
+        self.model = self.model_wrapped = model
+        self.state = type("State", (), {"global_step": 7})()
+
+
+@pytest.mark.parametrize("mode", ["direct", "thinking"])
+def test_the_validator_scores_the_live_model_as_evaluation_scores_the_saved_one(sid_setup, tmp_path, mode):
+    from components.common.modeling import load_causal_lm
+
+    settings = ValidationConfig(mode=mode, k=5, beam_width=6, batch_size=4, reasoning_batch_size=3,
+                                max_reasoning_tokens=6, max_samples=None)
+    decoder = DecoderSettings(beam_width=6, batch_size=4, reasoning_batch_size=3, max_reasoning_tokens=6, device="cpu")
+    histories, catalog = sid_setup["histories"], sid_setup["catalog"]
+    decoded = decode_all(str(sid_setup["model_dir"]), catalog, histories, [mode], decoder, shards=1, seed=0,
+                         workdir=tmp_path)[mode]
+    # targets: the rank-r SID for rows 0..5 (r = row), a SID outside the list for the others
+    targets = [row.sids[i] if i < 6 else next(s for s in catalog if s not in row.sids)
+               for i, row in enumerate(decoded)]
+    expected = [hit_and_ndcg(target_rank(row.sids, t), 5) for row, t in zip(decoded, targets)]
+
+    model, tokenizer = load_causal_lm(sid_setup["model_dir"])
+    model.train()  # as during training: the validator decodes in eval mode and puts it back
+    validator = SidValidator(settings, ValidationSample(histories=histories, targets=targets, catalog_sids=catalog),
+                             tokenizer)
+    metrics = validator.run(LiveTrainer(model))
+    assert model.training
+    assert metrics["validation_rows"] == 12
+    assert metrics["hr_at_5"] == pytest.approx(sum(h for h, _ in expected) / 12) == 5 / 12
+    assert metrics["ndcg_at_5"] == pytest.approx(sum(n for _, n in expected) / 12)
+    if mode == "thinking":
+        assert metrics["reasoning_closed_rate"] == pytest.approx(sum(bool(d.reasoning_closed) for d in decoded) / 12)
+        assert metrics["reasoning_tokens"] == pytest.approx(sum(d.reasoning_tokens for d in decoded) / 12)
+    else:
+        assert "reasoning_closed_rate" not in metrics
+    assert validator.run(LiveTrainer(model)) == {**metrics, "validation_seconds": pytest.approx(
+        metrics["validation_seconds"], abs=60)}  # deterministic: the same numbers again
+
+
+# ----------------------------------------------------------------------------------------------
+# The engines keep the best validated checkpoint
+# ----------------------------------------------------------------------------------------------
+
+
+def scripted(monkeypatch, values: list[float]) -> list[int]:
+    """Make every validation return the next of ``values`` as NDCG@10; returns the steps it ran at."""
+    steps: list[int] = []
+
+    def run(self, trainer):
+        steps.append(trainer.state.global_step)
+        value = values[len(steps) - 1]
+        return {"hr_at_10": value, "ndcg_at_10": value, "validation_rows": 3.0, "validation_seconds": 0.0}
+
+    monkeypatch.setattr(SidValidator, "run", run)
+    return steps
+
+
+def job_of(root: Path, entry: str, payload) -> launch.TrainJob:
+    return launch.TrainJob(entry=entry, stage="test", payload=payload.model_dump(mode="json"),
+                           output_dir=str(root / "ckpt"), final_dir=str(root / "final"),
+                           checkpoint_uri=str(root / "remote"), checkpoint_every=1000, keep_checkpoints=1)
+
+
+def sample_of(setup: dict) -> ValidationSample:
+    return ValidationSample(histories=setup["histories"][:3], targets=setup["catalog"][:3],
+                            catalog_sids=setup["catalog"])
+
+
+def test_sft_keeps_the_checkpoint_of_the_best_validation_ndcg_and_stops_on_it(sid_setup, tmp_path, monkeypatch):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sid_setup["model_dir"])
+    rows = list(zip(sid_setup["histories"], sid_setup["catalog"][:12], strict=True))
+    sft.encode_direct(tokenizer, rows, False, 256).dataset().save_to_disk(str(tmp_path / "train"))
+    sft.encode_direct(tokenizer, rows[:4], False, 256).dataset().save_to_disk(str(tmp_path / "eval"))
+    settings = SFTSettings(bf16=False, gradient_checkpointing=False, learning_rate=1e-2, max_steps=20,
+                           global_batch_size=4, per_device_batch_size=4, eval_strategy="steps", eval_steps=2,
+                           early_stopping_patience=2, logging_steps=1, validation=SFTValidation(metric="ndcg"))
+    steps = scripted(monkeypatch, [0.2, 0.7, 0.1, 0.7, 0.9])
+    job = job_of(tmp_path, sft.ENTRY, sft.SFTPayload(
+        settings=settings, base_model=str(sid_setup["model_dir"]), train_data=str(tmp_path / "train"),
+        eval_data=str(tmp_path / "eval"), gradient_accumulation_steps=1, record=RECORD,
+        sid_vocab=sid_setup["tokens"], validation=sample_of(sid_setup)))
+    launch.run_entry(job)
+    result = json.loads(job.result_path.read_text())
+    # 0.7 at step 4 is the best; 0.1 and 0.7 (not better) after it: patience 2 stops at step 8
+    assert steps == [2, 4, 6, 8] and result["global_step"] == 8
+    assert (result["best_global_step"], result["best_metric"]) == (4, 0.7)
+    evals = [r for r in result["log_history"] if "eval_ndcg_at_10" in r]
+    assert [r["step"] for r in evals] == [2, 4, 6, 8] and all("eval_loss" in r for r in evals)
+    kept, last = weights(tmp_path / "ckpt" / "checkpoint-4"), weights(tmp_path / "final")
+    assert all(torch.equal(kept[name], last[name]) for name in kept)
+    assert not all(torch.equal(t, last[n]) for n, t in weights(tmp_path / "ckpt" / "checkpoint-8").items())
+    summary = sft.summarize(result)
+    assert (summary["best_metric"], summary["best_global_step"]) == (0.7, 4)
+
+
+def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_path, monkeypatch):
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(sid_setup["model_dir"])
+    histories, catalog = sid_setup["histories"], sid_setup["catalog"]
+    Dataset.from_dict({"prompt": [prompts.render_prompt(tokenizer, prompts.reasoning_messages(h)) for h in histories],
+                       "target_sid": catalog[:12]}).save_to_disk(str(tmp_path / "prompts"))
+    settings = GRPOSettings(bf16=False, gradient_checkpointing=False, learning_rate=1e-2, max_steps=6,
+                            num_generations=4, rollout_batch_size=8, per_device_batch_size=8, logging_steps=1,
+                            rollout={"engine": "hf", "max_completion_length": 8},
+                            validation={"every_steps": 2, "max_reasoning_tokens": 8})
+    steps = scripted(monkeypatch, [0.3, 0.8, 0.5])
+    job = job_of(tmp_path, grpo.ENTRY, grpo.GRPOPayload(
+        settings=settings, base_model=str(sid_setup["model_dir"]), prompts=str(tmp_path / "prompts"),
+        gradient_accumulation_steps=1, use_vllm=False, rewards="components.grpo.rewards:for_training",
+        reward_args={"reward": RewardConfig(level_rewards=[0.25, 0.5, 1.0]).model_dump(mode="json"),
+                     "catalog": catalog},
+        record=RECORD, sid_vocab=sid_setup["tokens"], validation=sample_of(sid_setup)))
+    launch.run_entry(job)
+    result = json.loads(job.result_path.read_text())
+    assert steps == [2, 4, 6] and result["global_step"] == 6
+    assert (result["best_global_step"], result["best_metric"]) == (4, 0.8)
+    kept, last = weights(tmp_path / "ckpt" / "checkpoint-4"), weights(tmp_path / "final")
+    assert all(torch.equal(kept[name], last[name]) for name in kept)
+    assert not all(torch.equal(t, last[n]) for n, t in weights(tmp_path / "ckpt" / "checkpoint-6").items())
+    table = report.step_table(result["log_history"], settings.validation)
+    assert [r["step"] for r in table] == [1, 2, 3, 4, 5, 6]
+    assert [r["validation_ndcg"] for r in table] == [None, 0.3, None, 0.8, None, 0.5]
+    assert all(r["reward"] is not None for r in table)  # the training records stay whole
+    summary = validation_summary(result["log_history"], settings.validation, result, restored_best=True)
+    assert (summary["kept_step"], summary["kept_value"]) == (4, 0.8)
