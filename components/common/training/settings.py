@@ -219,6 +219,11 @@ class SFTSettings(TrainerSettings):
     the best checkpoint is restored at the end. Null: train to the end, keep the last weights."""
     supervise_end_token: bool = False
     """Include the end-of-turn token in the loss of chat rows."""
+    loss_kernel: Literal["auto", "fused", "logits"] = "auto"
+    """How the loss is computed (the same loss either way: summed over the supervised tokens,
+    divided by their count in the step). fused: TRL's fused LM-head kernel (no logits tensor, and
+    per-step entropy / token-accuracy metrics; Triton on GPUs, a slow torch fallback elsewhere);
+    logits: the model's own forward over the full logits; auto: fused on GPUs, logits on a CPU."""
     validation: SFTValidation = Field(default_factory=SFTValidation)
     """The metric that picks the kept checkpoint: the validation loss or HR/NDCG@k of the
     constrained decoder on the valid sample."""

@@ -14,7 +14,11 @@ reasoning activation (Stage 2a).
   the model, stats and MLflow model); :func:`train_sft` is the training-process entry point. With
   ``completion_only_loss=True`` TRL 1.16 builds the labels from the mask during dataset
   preparation (``SFTTrainer._prepare_dataset``: -100 where the mask is 0); the examples are already
-  cut to ``max_length``, so TRL's truncation is off.
+  cut to ``max_length``, so TRL's truncation is off. The loss is TRL's (fused LM-head kernel) on
+  GPUs and the model's own over full logits on a CPU (:func:`model_loss`; ``loss_kernel``).
+* Validation: each evaluation computes the loss on the eval rows and, with a ranking
+  ``validation.metric``, HR/NDCG@k of the constrained decoder on the valid sample
+  (:mod:`components.common.training.validation`); the best one is kept.
 """
 
 from __future__ import annotations
@@ -232,6 +236,26 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------
 
 
+def model_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_outputs: bool,
+               num_items_in_batch: Any) -> Any:
+    """The SFT loss through the model's own forward (``loss_kernel: logits``), as
+    ``transformers.Trainer`` computes it: cross-entropy of the next-token logits summed over the
+    supervised tokens (labels != -100) and divided by their count in the optimizer step
+    (``num_items_in_batch``): the loss TRL's SFTTrainer computes, same labels, same normalisation.
+
+    Why on a CPU: SFTTrainer scores the labels with a fused LM-head kernel (per-token
+    log-probabilities without materialising the logits, plus entropy and top-1 accuracy for its
+    per-step metrics). Without Triton it falls back to torch ops that score every position,
+    padding included, over the whole vocabulary in some ten passes forward and back: on
+    office-tiny's alignment corpus (4,096-token vocabulary, a 64-wide model) ~90% of the step.
+    The full-logits loss is one matmul, a log-softmax and a gather each way; the per-step
+    ``entropy`` / ``mean_token_accuracy`` metrics are not computed.
+    """
+    from transformers import Trainer
+
+    return Trainer.compute_loss(trainer, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+
+
 def train_sft(job: launch.TrainJob) -> None:
     """Entry point of each training process: SFTTrainer on the prepared data, then save."""
     import torch
@@ -244,10 +268,17 @@ def train_sft(job: launch.TrainJob) -> None:
     from components.common.training.validation import SFTValidationLoop, SidValidator
 
     class ValidatingSFTTrainer(SFTValidationLoop, SFTTrainer):
-        """SFTTrainer whose evaluations add the ranking validation's metrics."""
+        """SFTTrainer whose evaluations add the ranking validation's metrics, and whose loss on a
+        CPU comes from the model's own forward (:func:`model_loss`)."""
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if logits_loss:
+                return model_loss(self, model, inputs, return_outputs, num_items_in_batch)
+            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
 
     payload = SFTPayload.model_validate(job.payload)
     cfg = payload.settings
+    logits_loss = cfg.loss_kernel == "logits" or (cfg.loss_kernel == "auto" and job.use_cpu)
     tokenizer = AutoTokenizer.from_pretrained(payload.base_model)
     model = AutoModelForCausalLM.from_pretrained(payload.base_model,
                                                  dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
