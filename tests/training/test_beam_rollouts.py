@@ -283,7 +283,8 @@ def test_rollout_func_runs_real_grpo_steps(tiny, tmp_path):
     cfg = parse_section(GRPOStageConfig, {
         **CPU, "learning_rate": 1e-3, "max_steps": 2, "num_generations": 8, "rollout_batch_size": 16,
         "per_device_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4},
-        "rollout": {"engine": "hf", "max_completion_length": 16, "max_prompt_length": 512}}, "grpo")
+        "rollout": {"engine": "hf", "max_completion_length": 16, "max_prompt_length": 512},
+        "validation": {"every_steps": None}}, "grpo")
     payload = grpo_engine.GRPOPayload(
         settings=settings_of(cfg, GRPOSettings), base_model=str(tiny.folder), prompts=str(tmp_path / "prompts"),
         gradient_accumulation_steps=1, use_vllm=False, rewards="components.grpo.rewards:for_training",

@@ -7,10 +7,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from components.align_sft.stage import valid_histories
 from components.common import artifacts, prompts, storage
 from components.common.errors import InputError
 from components.common.training import backbone, sft
+from components.common.training.validation import valid_rows
 from tests.training.conftest import CPU
 from tests.training.synthetic import item_sid
 
@@ -171,8 +171,8 @@ def test_valid_samples_and_reasoning_are_checked(tmp_path, synthetic, catalog):
     valid_row = next(i for i, r in enumerate(samples) if r["split"] == "valid")
     bad = rewrite(synthetic["samples"], tmp_path / "samples.parquet", {(valid_row, "target"): "I999"})
     with pytest.raises(InputError, match=r"item\(s\) \['I999'\] have no SID"):
-        valid_histories(bad, catalog, None, 0)
-    histories = valid_histories(synthetic["samples"], catalog, None, 0)
+        valid_rows(bad, catalog, 0)
+    histories = valid_rows(synthetic["samples"], catalog, 0)
     assert histories and all(target in catalog.sids for _, target in histories)
     leak = rewrite(synthetic["reasoning"], tmp_path / "r.parquet",
                    {(0, "reasoning"): f"Obviously {storage.read_parquet(synthetic['reasoning'])['target_sid'][0]}."})

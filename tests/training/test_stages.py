@@ -3,7 +3,10 @@ backbone, reasoning activation from the aligned model, GRPO from the reasoning m
 
 Each stage must change the weights it starts from, publish a complete model folder, and log the
 model to MLflow with the digests of what it was trained on. GRPO must raise the mean reward of
-a trivially learnable task (one target SID for every prompt) within 10 steps.
+a trivially learnable task (one target SID for every prompt) within 10 steps. Alignment keeps the
+checkpoint of the best valid NDCG@5 (direct mode), reasoning activation validates in thinking
+mode and GRPO every 5 steps: the stats and MLflow carry the curve and the kept step, and the
+kept alignment model scores, decoded as evaluation decodes it, what its validation said.
 """
 
 from __future__ import annotations
@@ -39,12 +42,17 @@ def align_inputs(synthetic) -> dict[str, str]:
     return {k: synthetic[k] for k in ("items", "samples", "sid_map", "corpus")}
 
 
+#: Ranking validation over the 2 valid rows of the synthetic samples (16-item catalog: 5 beams).
+VALIDATION = {"metric": "ndcg", "k": 5, "beam_width": 5, "max_samples": None, "max_reasoning_tokens": 8}
+
+
 @pytest.fixture(scope="module")
 def align(tmp_path_factory, synthetic, tiny_backbone, tracking_uri) -> dict:
     return run_stage(ALIGN, {
         "backbone": {"uri": str(tiny_backbone)}, "learning_rate": 3e-3, "warmup_steps": 0, "max_steps": 6,
         "global_batch_size": 8, "per_device_batch_size": 4, "max_length": 512, "eval_strategy": "steps",
         "eval_steps": 3, "early_stopping_patience": 2, "checkpoint": {"every_steps": 4}, "log_model_weights": True,
+        "validation": {**VALIDATION, "mode": "direct"},
     }, tmp_path_factory.mktemp("align"), align_inputs(synthetic), tracking_uri)
 
 
@@ -55,10 +63,12 @@ def reason(tmp_path_factory, synthetic, align, tracking_uri) -> dict:
     reasoning = write_reasoning(tmp / "reasoning.parquet", 64, targets=[0, GRPO_TARGET])
     return run_stage(REASON, {
         "learning_rate": 3e-3, "lr_scheduler_type": "constant", "warmup_steps": 0, "max_steps": 40,
+        # one evaluation, at the end: the synthetic valid rows' targets are not the reasoning rows' two, so
+        # their NDCG stays 0 and an earlier tie would keep a model GRPO below could not start from
         "global_batch_size": 16, "per_device_batch_size": 16, "max_length": 512, "eval_strategy": "steps",
-        "eval_steps": 20, "eval_fraction": 0.1, "checkpoint": {"every_steps": 20},
-    }, tmp, {"sft_model": align["outputs"]["model"], "reasoning": reasoning, "sid_map": synthetic["sid_map"]},
-        tracking_uri)
+        "eval_steps": 40, "eval_fraction": 0.1, "checkpoint": {"every_steps": 20}, "validation": VALIDATION,
+    }, tmp, {"sft_model": align["outputs"]["model"], "reasoning": reasoning, "sid_map": synthetic["sid_map"],
+             "samples": synthetic["samples"]}, tracking_uri)
 
 
 def run_grpo(tmp, settings: dict, prompts: str, reason: dict, synthetic: dict, tracking_uri: str) -> dict:
@@ -66,15 +76,17 @@ def run_grpo(tmp, settings: dict, prompts: str, reason: dict, synthetic: dict, t
     return run_stage(GRPO, {
         "learning_rate": 5e-4, "num_generations": 8, "per_device_batch_size": 16, "checkpoint": {"every_steps": 5},
         "rollout": {"max_completion_length": 16, "max_prompt_length": 512}, **settings,
-    }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"]},
-        tracking_uri)
+    }, tmp, {"reasoning_model": reason["outputs"]["model"], "reasoning": prompts, "sid_map": synthetic["sid_map"],
+             "samples": synthetic["samples"]}, tracking_uri)
 
 
 @pytest.fixture(scope="module")
 def grpo(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
     tmp = tmp_path_factory.mktemp("grpo")
     prompts = write_reasoning(tmp / "prompts.parquet", 32, targets=[GRPO_TARGET], seed=1)
-    return run_grpo(tmp, {"max_steps": 10, "rollout_batch_size": 32}, prompts, reason, synthetic, tracking_uri)
+    validation = {k: v for k, v in VALIDATION.items() if k != "metric"}
+    return run_grpo(tmp, {"max_steps": 10, "rollout_batch_size": 32, "validation": {**validation, "every_steps": 5}},
+                    prompts, reason, synthetic, tracking_uri)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +94,8 @@ def grpo_beam(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
     """The second reward mode: trie-constrained beam rollouts, exact-match rank reward."""
     tmp = tmp_path_factory.mktemp("grpo_beam")
     prompts = write_reasoning(tmp / "prompts.parquet", 16, targets=[GRPO_TARGET], seed=2)
-    return run_grpo(tmp, {"max_steps": 3, "rollout_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4}},
-                    prompts, reason, synthetic, tracking_uri)
+    return run_grpo(tmp, {"max_steps": 3, "rollout_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4},
+                          "validation": {"every_steps": None}}, prompts, reason, synthetic, tracking_uri)
 
 
 def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor]) -> dict[str, bool]:
@@ -143,6 +155,34 @@ def test_align_sft_trains_every_tensor_and_publishes_the_model(align, tiny_backb
     assert sorted({m.step for m in history}) == [1, 2, 3, 4, 5, 6]
 
 
+def test_align_sft_keeps_the_checkpoint_of_the_best_valid_ndcg(align, synthetic, tmp_path):
+    from components.common.artifacts import read_catalog
+    from components.common.decoding import decode_all
+    from components.common.decoding_config import DecoderSettings
+    from components.common.training.validation import valid_rows
+    from components.evaluate.metrics import hit_and_ndcg, target_rank
+
+    stats = align["stats"]
+    validation = stats["validation"]
+    assert (validation["metric"], validation["mode"], validation["rows"]) == ("ndcg_at_5", "direct", 2)
+    curve = validation["curve"]
+    assert [row["step"] for row in curve] == [3, 6]
+    for row in curve:
+        assert 0 <= row["ndcg_at_5"] <= row["hr_at_5"] <= 1 and row["loss"] > 0
+    best = max(curve, key=lambda row: row["ndcg_at_5"])  # the first of equals
+    assert (stats["best_global_step"], stats["best_metric"]) == (best["step"], best["ndcg_at_5"])
+    assert (validation["kept_step"], validation["kept_value"]) == (best["step"], best["ndcg_at_5"])
+    # the published model is the kept one: decoded as evaluation decodes it, it scores what its validation said
+    catalog = read_catalog(synthetic["sid_map"])
+    rows = valid_rows(synthetic["samples"], catalog, seed=42)
+    decoded = decode_all(align["outputs"]["model"], sorted(catalog.sids), [h for h, _ in rows], ["direct"],
+                         DecoderSettings(beam_width=5, device="cpu"), shards=1, seed=42, workdir=tmp_path)["direct"]
+    ndcg = sum(hit_and_ndcg(target_rank(d.sids, t), 5)[1] for d, (_, t) in zip(decoded, rows)) / len(rows)
+    assert ndcg == pytest.approx(validation["kept_value"])
+    history = _mlflow().MlflowClient().get_metric_history(logged_model(align).source_run_id, "train/eval_ndcg_at_5")
+    assert sorted(m.step for m in history) == [3, 6]
+
+
 def test_reason_sft_starts_from_the_aligned_model(reason, align, synthetic):
     moved = changed(weights(align["outputs"]["model"]), weights(reason["outputs"]["model"]))
     assert all(moved.values())
@@ -152,6 +192,12 @@ def test_reason_sft_starts_from_the_aligned_model(reason, align, synthetic):
     assert stats["data"]["train"]["rows"] == {"reasoning": 58} and stats["data"]["eval"]["rows"] == {"held_out": 6}
     assert stats["last_train_loss"] < stats["first_train_loss"] / 3
     assert logged_model(reason).tags["sidreasoner.lineage.sft_model"] == storage.digest(align["outputs"]["model"])
+    validation = stats["validation"]
+    assert (validation["metric"], validation["mode"], validation["rows"]) == ("ndcg_at_5", "thinking", 2)
+    (row,) = validation["curve"]
+    assert row["step"] == 40 and 0 <= row["ndcg_at_5"] <= row["hr_at_5"] <= 1
+    assert 0 <= row["reasoning_closed_rate"] <= 1 and 0 < row["reasoning_tokens"] <= 8
+    assert validation["kept_step"] == stats["best_global_step"] == 40
 
 
 def test_grpo_raises_the_mean_reward_and_reports_every_step(grpo, reason, synthetic):
@@ -176,6 +222,14 @@ def test_grpo_raises_the_mean_reward_and_reports_every_step(grpo, reason, synthe
     rewards = mlflow.MlflowClient().get_metric_history(model.source_run_id, "train/reward")
     assert sorted(m.step for m in rewards) == list(range(1, 11))
     assert mlflow.MlflowClient().get_metric_history(model.source_run_id, "train/rollout/reasoning_tokens")
+    # the periodic validation: steps 5 and 10 in the table, the curve, MLflow; the best one kept
+    assert [row["step"] for row in table if row["validation_ndcg"] is not None] == [5, 10]
+    validation = grpo["stats"]["validation"]
+    assert [row["step"] for row in validation["curve"]] == [5, 10] and validation["mode"] == "thinking"
+    best = max(validation["curve"], key=lambda row: row["ndcg_at_5"])
+    assert (validation["kept_step"], validation["kept_value"]) == (best["step"], best["ndcg_at_5"])
+    history = mlflow.MlflowClient().get_metric_history(model.source_run_id, "train/eval_ndcg_at_5")
+    assert sorted(m.step for m in history) == [5, 10]
 
 
 def test_grpo_beam_rank_mode_trains_on_catalog_sids_and_reports_every_step(grpo_beam, reason, synthetic):
@@ -190,6 +244,7 @@ def test_grpo_beam_rank_mode_trains_on_catalog_sids_and_reports_every_step(grpo_
         assert row["reward"] == pytest.approx(row["rank_reward"] + 0.1)
         assert row["reasoning_tokens"] is not None and row["kl"] is not None
     assert stats["summary"]["beam_hit_rate_last"] is not None and stats["summary"]["valid_sid_rate_last"] == 1.0
+    assert stats["validation"] is None and all(row["validation_ndcg"] is None for row in table)  # off
     moved = changed(weights(reason["outputs"]["model"]), weights(grpo_beam["outputs"]["model"]))
     assert all(moved.values())
     assert_model_folder(grpo_beam["outputs"]["model"], sid_tokens(synthetic))
@@ -262,3 +317,14 @@ def test_grpo_checks_engine_and_reward_levels(tmp_path, synthetic, tiny_backbone
     with pytest.raises(ConfigError, match="grpo.reward.level_rewards: 2 values but the sid_map SIDs have 3 levels"):
         run_stage(GRPO, {"reward": {"level_rewards": [0.5, 1.0]}}, tmp_path, inputs, tracking_uri)
 
+
+def test_ranking_validation_without_the_valid_split_is_refused(tmp_path, synthetic, align, tracking_uri):
+    inputs = {"sft_model": align["outputs"]["model"], "reasoning": synthetic["reasoning"],
+              "sid_map": synthetic["sid_map"]}
+    with pytest.raises(ConfigError, match=r"reason_sft.validation.metric: 'ndcg' decodes the valid split, but no "
+                                          r"samples input was given \(--samples\)"):
+        run_stage(REASON, {"validation": VALIDATION}, tmp_path, inputs, tracking_uri)
+    with pytest.raises(ConfigError, match=r"grpo.validation.every_steps: .* no samples input was given"):
+        run_stage(GRPO, {}, tmp_path, {"reasoning_model": align["outputs"]["model"],
+                                       "reasoning": synthetic["reasoning"], "sid_map": synthetic["sid_map"]},
+                  tracking_uri)

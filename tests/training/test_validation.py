@@ -68,23 +68,16 @@ def test_valid_rows_are_a_seeded_order_whose_prefixes_are_the_samples(synthetic)
     assert len(every.targets) == len(valid)
 
 
-def test_valid_rows_refuse_unknown_items_and_an_empty_split(tmp_path, synthetic):
+def test_valid_rows_refuse_an_empty_valid_split(tmp_path, synthetic):
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from components.common import storage
 
-    catalog = artifacts.read_catalog(synthetic["sid_map"])
-    table = pq.read_table(synthetic["samples"])
-    rows = table.to_pylist()
-    bad = [dict(r, target="I999") if r["split"] == "valid" else r for r in rows]
-    storage.write_parquet(pa.Table.from_pylist(bad, schema=table.schema), str(tmp_path / "bad.parquet"))
-    with pytest.raises(InputError, match=r"bad.parquet row \d+: item\(s\) \['I999'\] have no SID"):
-        valid_rows(str(tmp_path / "bad.parquet"), catalog, seed=0)
-    none = [dict(r, split="train") if r["split"] == "valid" else r for r in rows]
-    storage.write_parquet(pa.Table.from_pylist(none, schema=table.schema), str(tmp_path / "none.parquet"))
-    with pytest.raises(InputError, match="no rows in the valid split"):
-        valid_rows(str(tmp_path / "none.parquet"), catalog, seed=0)
+    table = storage.read_parquet(synthetic["samples"])
+    rows = [dict(r, split="train") if r["split"] == "valid" else r for r in table.to_pylist()]
+    storage.write_parquet(pa.Table.from_pylist(rows, schema=table.schema), str(tmp_path / "none.parquet"))
+    with pytest.raises(InputError, match="none.parquet: no rows in the valid split"):
+        valid_rows(str(tmp_path / "none.parquet"), artifacts.read_catalog(synthetic["sid_map"]), seed=0)
 
 
 def test_validation_summary_reads_the_curve_and_the_kept_step():
@@ -215,18 +208,19 @@ def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_pa
 
     tokenizer = AutoTokenizer.from_pretrained(sid_setup["model_dir"])
     histories, catalog = sid_setup["histories"], sid_setup["catalog"]
+    # beam rollouts over a 4-SID catalog: every group ranks the target somewhere, rewards vary, weights move
     Dataset.from_dict({"prompt": [prompts.render_prompt(tokenizer, prompts.reasoning_messages(h)) for h in histories],
-                       "target_sid": catalog[:12]}).save_to_disk(str(tmp_path / "prompts"))
+                       "target_sid": [catalog[i % 4] for i in range(12)]}).save_to_disk(str(tmp_path / "prompts"))
     settings = GRPOSettings(bf16=False, gradient_checkpointing=False, learning_rate=1e-2, max_steps=6,
-                            num_generations=4, rollout_batch_size=8, per_device_batch_size=8, logging_steps=1,
-                            rollout={"engine": "hf", "max_completion_length": 8},
+                            num_generations=8, rollout_batch_size=16, per_device_batch_size=16, logging_steps=1,
+                            rollout={"engine": "hf", "max_completion_length": 16},
                             validation={"every_steps": 2, "max_reasoning_tokens": 8})
     steps = scripted(monkeypatch, [0.3, 0.8, 0.5])
     job = job_of(tmp_path, grpo.ENTRY, grpo.GRPOPayload(
         settings=settings, base_model=str(sid_setup["model_dir"]), prompts=str(tmp_path / "prompts"),
         gradient_accumulation_steps=1, use_vllm=False, rewards="components.grpo.rewards:for_training",
-        reward_args={"reward": RewardConfig(level_rewards=[0.25, 0.5, 1.0]).model_dump(mode="json"),
-                     "catalog": catalog},
+        reward_args={"reward": RewardConfig(mode="beam_rank", beam_width=4).model_dump(mode="json"),
+                     "catalog": catalog[:4]},
         record=RECORD, sid_vocab=sid_setup["tokens"], validation=sample_of(sid_setup)))
     launch.run_entry(job)
     result = json.loads(job.result_path.read_text())
