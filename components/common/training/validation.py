@@ -8,7 +8,7 @@ engines in their payloads, :func:`validation_summary` reads the curve back from 
 log history for the stage stats.
 
 Training-process side: :class:`SidValidator` decodes the sample with the live model through the
-shared decoder (:class:`components.common.decoding.TransformersDecoder`: constrained beam search,
+shared decoder (:class:`components.common.decoding_core.TransformersDecoder`: constrained beam search,
 and greedy reasoning first in thinking mode) and returns ``hr_at_<k>``, ``ndcg_at_<k>`` (and the
 reasoning's closed rate and length in thinking mode). The engines hook it into the Trainer's own
 evaluation, so the value is an ``eval_*`` metric like the loss: ``metric_for_best_model``
@@ -122,7 +122,7 @@ class SidValidator:
         import torch
         from trl.models.utils import unwrap_model_for_generation
 
-        from components.common.decoding import TransformersDecoder, decode_mode
+        from components.common.decoding_core import TransformersDecoder, decode_mode
 
         accelerator = trainer.accelerator
         share = range(accelerator.process_index, len(self.sample.targets), accelerator.num_processes)
