@@ -235,3 +235,51 @@ def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_pa
     assert all(r["reward"] is not None for r in table)  # the training records stay whole
     summary = validation_summary(result["log_history"], settings.validation, result, restored_best=True)
     assert (summary["kept_step"], summary["kept_value"]) == (4, 0.8)
+
+
+def _validate_as_rank(rank: int, world: int, port: int, model_dir: str, sample: dict, settings: dict, out: str) -> None:
+    """One process of a gloo process group: the validator over this process's share of the rows."""
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
+                      LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
+    torch.set_num_threads(1)
+    from components.common.modeling import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_dir)
+    validator = SidValidator(ValidationConfig.model_validate(settings), ValidationSample.model_validate(sample),
+                             tokenizer)
+    trainer = LiveTrainer(model)
+    assert trainer.accelerator.num_processes == world
+    Path(out, f"rank{rank}.json").write_text(json.dumps(validator.run(trainer)))
+
+
+def test_processes_decode_their_share_and_agree_on_the_metrics(sid_setup, tmp_path):
+    """Two processes (gloo, as DDP on CPUs): rows split by rank, counts summed: both get the
+    single-process metrics."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    from components.common.modeling import load_causal_lm
+
+    settings = ValidationConfig(mode="direct", k=5, beam_width=6, batch_size=4, max_samples=None)
+    histories, catalog = sid_setup["histories"][:7], sid_setup["catalog"]
+    decoded = decode_all(str(sid_setup["model_dir"]), catalog, histories, ["direct"], DecoderSettings(
+        beam_width=6, device="cpu"), shards=1, seed=0, workdir=tmp_path)["direct"]
+    # rank r for row r < 6, rows 0..4 hit at k=5; row 6: a SID outside its list
+    targets = [row.sids[i] if i < 6 else next(s for s in catalog if s not in row.sids) for i, row in enumerate(decoded)]
+    sample = ValidationSample(histories=histories, targets=targets, catalog_sids=catalog)
+    model, tokenizer = load_causal_lm(sid_setup["model_dir"])
+    alone = SidValidator(settings, sample, tokenizer).run(LiveTrainer(model))
+    assert alone["hr_at_5"] == pytest.approx(5 / 7)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    mp.spawn(_validate_as_rank, args=(2, port, str(sid_setup["model_dir"]), sample.model_dump(),
+                                      settings.model_dump(), str(tmp_path)), nprocs=2, join=True)
+    for rank in (0, 1):
+        metrics = json.loads((tmp_path / f"rank{rank}.json").read_text())
+        assert metrics["validation_rows"] == 7
+        for key in ("hr_at_5", "ndcg_at_5"):
+            assert metrics[key] == pytest.approx(alone[key]), (rank, key)
