@@ -170,10 +170,14 @@ def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu
 
 def quiet_progress_bars() -> None:
     """No tqdm bars from datasets/transformers: stage logs are read in pod and CI logs, where
-    progress comes from periodic lines instead (``callbacks.ProgressLog``)."""
+    progress comes from periodic lines instead (``callbacks.ProgressLog``). Without a GPU, DeepSpeed
+    (imported by the Trainer) is told it runs on the CPU rather than warning that it found no
+    accelerator in every training process."""
     import datasets
     from transformers.utils import logging as hf_logging
 
+    if visible_gpus() == 0:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
 
