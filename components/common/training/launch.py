@@ -148,6 +148,24 @@ class TrainJob(BaseModel):
         return Path(self.final_dir) / checkpoints.RESULT_FILE
 
 
+def rendezvous_env(job: TrainJob, launch: LaunchConfig) -> dict[str, str]:
+    """The torch.distributed variables of a single DeepSpeed process, which ``accelerate launch``
+    leaves unset.
+
+    With several processes accelerate starts them through torchrun, which sets RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR and MASTER_PORT. With one it runs the script as it is (accelerate
+    1.15 ``prepare_simple_launcher_cmd_env``), so ``deepspeed.initialize`` (deepspeed 0.19
+    ``comm.init_distributed``, ``auto_mpi_discovery=True``) finds them missing, falls back to MPI
+    discovery and fails importing ``mpi4py``, which the image does not have. Set, they also make
+    accelerate initialise DeepSpeed's process group itself (``PartialState``: LOCAL_RANK set and
+    DeepSpeed in use). A single DDP process needs no process group: nothing is set for it.
+    """
+    if job.world_size != 1 or job.deepspeed is None:
+        return {}
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(launch.main_process_port)}
+
+
 def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu_ids: Sequence[int] = ()) -> dict:
     """Run the job in-process (CPU) or through ``accelerate launch`` on ``gpu_ids``; returns the
     main process's result (``final_dir/training_result.json``)."""
@@ -157,7 +175,7 @@ def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu
     else:
         cmd = launch_command(job_path, launch, job.world_size, bf16)
         env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)),
-                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **rendezvous_env(job, launch))
         log.info("launching %d training process(es): %s", job.world_size, " ".join(cmd))
         proc = subprocess.run(cmd, env=env, check=False)
         if proc.returncode != 0:
