@@ -26,7 +26,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from components.common import lineage, storage
+from components.common import hardware, lineage, storage
 from components.common.config import config_hash
 from components.common.logs import KFP_EXECUTOR_FORMAT
 from components.common.stage import StageContext, git_commit
@@ -90,6 +90,26 @@ class ExecutorNoiseFilter(io.TextIOBase):
         self.target.flush()
 
 
+#: Per-stage numbers the run record's hardware summary collects: from the stats output's metadata
+#: (GPU stages, :func:`components.common.hardware.gpu_stage`) and from the stage's stats.
+STAGE_HARDWARE_METADATA = ("gpus", "gpu_peak_memory_mib", "gpu_memory_at_start_mib")
+STAGE_HARDWARE_STATS = ("tokens_per_s", "stage_seconds")
+
+
+def hardware_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The machine (libraries, NVIDIA driver, GPUs) and, per stage, its GPUs, peak GPU memory and
+    throughput (``tokens_per_s`` where the stage reports one)."""
+    stages = {}
+    for stage, outputs in record["stages"].items():
+        metadata = outputs.get("stats", {}).get("metadata", {})
+        stats = record["stats"].get(stage, {})
+        entry = {key: metadata[key] for key in STAGE_HARDWARE_METADATA if key in metadata}
+        entry.update({key: stats[key] for key in STAGE_HARDWARE_STATS if isinstance(stats, dict) and key in stats})
+        if entry:
+            stages[stage] = entry
+    return {**hardware.environment(), "stages": stages}
+
+
 def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) -> dict[str, Any]:
     """Run the pipeline locally; returns (and writes) the run record ``out/run.json``."""
     from kfp import local
@@ -143,6 +163,7 @@ def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) ->
         for name in ("stats", "previous", "decision"):  # each stage's JSON report
             if name in record["stages"][stage]:
                 record["stats"][stage] = storage.read_json(record["stages"][stage][name]["uri"])
+    record["hardware"] = hardware_summary(record)
     metrics = storage.read_parquet(record["stages"]["evaluate"]["metrics"]["uri"])
     record["metrics"] = metrics.to_pylist()
     record["status"] = "succeeded"
