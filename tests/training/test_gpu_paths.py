@@ -333,3 +333,30 @@ def test_nvml_structures_match_the_c_layout():
     """nvmlMemory_t is three unsigned long longs (total, free, used)."""
     assert ctypes.sizeof(hardware._NvmlMemory) == 24
     assert [name for name, _ in hardware._NvmlMemory._fields_] == ["total", "free", "used"]
+
+
+def test_the_run_record_summarises_each_stages_gpus_memory_and_throughput(monkeypatch):
+    """run.json's ``hardware``: the machine once, then per stage what its stats output's metadata
+    (GPU stages) and its stats say."""
+    from components.common.decoding import Decoded
+    from components.evaluate.stage import _reasoning_tokens_per_s
+    from pipeline import local
+
+    monkeypatch.setattr(hardware.Nvml, "load", staticmethod(fake_nvml()))
+    gpu_meta = {"gpus": "2 x NVIDIA H100 80GB HBM3", "gpu_peak_memory_mib": 70000, "gpu_memory_at_start_mib": 500,
+                "nvidia_driver": "580.65.06", "digest": "sha256:x"}
+    record = {"stages": {"ingest": {"stats": {"uri": "u", "metadata": {"digest": "d"}}},
+                         "align_sft": {"stats": {"uri": "u", "metadata": gpu_meta}, "model": {"uri": "m", "metadata": {}}},
+                         "promote": {"decision": {"uri": "u", "metadata": {}}}},
+              "stats": {"ingest": {"rows": 3}, "align_sft": {"tokens_per_s": 1234.5, "stage_seconds": 60.0},
+                        "promote": {"promoted": False}}}
+    summary = local.hardware_summary(record)
+    assert summary["nvidia_driver"] == "580.65.06" and summary["gpus"] == ["NVIDIA H100 80GB HBM3"] * 2
+    assert summary["libraries"]["transformers"] == "5.17.0"
+    assert summary["stages"] == {"align_sft": {"gpus": "2 x NVIDIA H100 80GB HBM3", "gpu_peak_memory_mib": 70000,
+                                               "gpu_memory_at_start_mib": 500, "tokens_per_s": 1234.5,
+                                               "stage_seconds": 60.0}}
+    thinking = [Decoded(sids=[], scores=[], latency_s=0.5, reasoning_tokens=40),
+                Decoded(sids=[], scores=[], latency_s=1.5, reasoning_tokens=60)]
+    assert _reasoning_tokens_per_s({"thinking": thinking, "direct": thinking}) == 50.0
+    assert _reasoning_tokens_per_s({"direct": thinking}) is None

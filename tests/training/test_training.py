@@ -240,3 +240,17 @@ def test_final_model_is_reused_only_when_complete(tmp_path):
     (final / "config.json").write_text("{}")
     checkpoints.publish_final(final, uri)
     assert checkpoints.fetch_final(uri, tmp_path / "b") and (tmp_path / "b" / "config.json").is_file()
+
+
+def test_training_throughput_counts_the_tokens_of_this_run():
+    """tokens/s of the stage's run record: tokens since the resumed checkpoint over train_runtime,
+    from SFTTrainer's or GRPOTrainer's cumulative token counts."""
+    sft = {"log_history": [{"step": 10, "num_input_tokens_seen": 1000}, {"step": 20, "num_input_tokens_seen": 2000},
+                           {"step": 20, "train_runtime": 4.0}]}
+    assert launch.training_tokens_per_s(sft) == 500.0
+    resumed = {"resumed_from_step": 10, **sft}
+    assert launch.training_tokens_per_s(resumed) == 250.0
+    grpo = {"log_history": [{"step": 1, "num_tokens": 300.0}, {"step": 2, "num_tokens": 600.0},
+                            {"step": 2, "train_runtime": 3.0}]}
+    assert launch.training_tokens_per_s(grpo) == 200.0
+    assert launch.training_tokens_per_s({"log_history": [{"step": 1, "train_runtime": 1.0}]}) is None

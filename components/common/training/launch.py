@@ -266,7 +266,27 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
     checkpoints.drop_all(uri)  # published: a retry reuses <uri>/final, the optimizer states can go
     shutil.rmtree(work, ignore_errors=True)
     stats["stage_seconds"] = time.monotonic() - start
+    stats["tokens_per_s"] = None if stats.get("reused_final") else training_tokens_per_s(result)
     return stats, result
+
+
+#: Cumulative input tokens (non-padding) in the Trainer's log records: SFTTrainer's
+#: ``include_num_input_tokens_seen`` and GRPOTrainer's ``num_tokens`` (prompts + completions).
+TOKEN_COUNT_KEYS = ("num_input_tokens_seen", "num_tokens")
+
+
+def training_tokens_per_s(result: Mapping[str, Any]) -> float | None:
+    """Training throughput of this run of the job: the non-padding tokens it processed (since
+    the checkpoint it resumed from) per second of the Trainer's ``train_runtime``; None when the
+    log has no token counts."""
+    history = result.get("log_history", [])
+    runtime = next((r["train_runtime"] for r in reversed(history) if "train_runtime" in r), None)
+    counts = [(r.get("step", 0), float(r[key])) for r in history for key in TOKEN_COUNT_KEYS if key in r]
+    if not runtime or not counts:
+        return None
+    resumed = result.get("resumed_from_step") or 0
+    before = max((count for step, count in counts if step <= resumed and resumed), default=0.0)
+    return (counts[-1][1] - before) / runtime
 
 
 if __name__ == "__main__":
