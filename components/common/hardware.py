@@ -18,9 +18,10 @@ from __future__ import annotations
 import ctypes
 import importlib.metadata
 import logging
+import os
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,6 +178,20 @@ def node_gpus(nvml: Callable[[], Nvml | None] | None = None,
             return found
     text = (nvidia_smi or _run_nvidia_smi)()
     return parse_nvidia_smi(text) if text else None
+
+
+def cuda_visible_devices(indices: Sequence[int], environ: Mapping[str, str] | None = None) -> str:
+    """``CUDA_VISIBLE_DEVICES`` for a child process that should use ``indices`` of the GPUs this
+    process sees. Indices count this process's visible GPUs: where ``CUDA_VISIBLE_DEVICES`` is
+    already set (a GPU subset of a shared machine: "2,3"), index 0 is device 2, not device 0."""
+    environ = os.environ if environ is None else environ
+    visible = [d.strip() for d in environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    if not visible:
+        return ",".join(str(i) for i in indices)
+    if any(i >= len(visible) for i in indices):
+        raise ValueError(f"GPU indices {list(indices)} but CUDA_VISIBLE_DEVICES={','.join(visible)} shows "
+                         f"{len(visible)} GPU(s)")
+    return ",".join(visible[i] for i in indices)
 
 
 def check_driver(gpus: NodeGpus | None) -> None:

@@ -19,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from components.common import hardware
 from components.common.config import ConfigError
 from components.grpo.config import GRPOStageConfig
 
@@ -84,7 +85,7 @@ def vllm_server(plan: RolloutPlan, cfg: GRPOStageConfig, model_dir: str) -> Iter
         yield
         return
     cmd = vllm_server_command(cfg, model_dir)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, plan.server_gpus)))
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(plan.server_gpus))
     log.info("starting vLLM server on GPU(s) %s: %s", plan.server_gpus, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:

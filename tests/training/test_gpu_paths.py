@@ -360,3 +360,67 @@ def test_the_run_record_summarises_each_stages_gpus_memory_and_throughput(monkey
                 Decoded(sids=[], scores=[], latency_s=1.5, reasoning_tokens=60)]
     assert _reasoning_tokens_per_s({"thinking": thinking, "direct": thinking}) == 50.0
     assert _reasoning_tokens_per_s({"direct": thinking}) is None
+
+
+def test_counting_gpus_checks_the_driver_first(monkeypatch):
+    """Where torch would report no GPU because the driver is too old, the driver is named."""
+    monkeypatch.setattr(hardware.Nvml, "load", staticmethod(fake_nvml("535.54.03", 12020)))
+    with pytest.raises(hardware.DriverError, match="NVIDIA driver 535.54.03, which supports CUDA up to 12.2,"):
+        launch.visible_gpus()
+    monkeypatch.setattr(hardware.Nvml, "load", staticmethod(lambda: None))
+    monkeypatch.setattr(hardware, "_run_nvidia_smi", lambda: None)
+    assert launch.visible_gpus() == 0  # this CPU machine
+
+
+# ----------------------------------------------------------------------------------------------
+# make smoke-gpu's own steps
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_smoke_run_refuses_a_machine_without_a_cuda_gpu(monkeypatch):
+    from components.common.config import ConfigError
+    from pipeline import smoke
+
+    monkeypatch.setattr(hardware.Nvml, "load", staticmethod(lambda: None))
+    monkeypatch.setattr(hardware, "_run_nvidia_smi", lambda: None)
+    with pytest.raises(ConfigError, match="smoke-gpu: no CUDA GPU is visible to torch"):
+        smoke.preflight()
+    monkeypatch.setattr(hardware.Nvml, "load", staticmethod(fake_nvml("560.35.03", 12060)))
+    with pytest.raises(hardware.DriverError, match="need driver >= 580"):
+        smoke.preflight()
+
+
+def test_the_smoke_run_trains_grpo_again_with_the_other_reward_mode(tmp_path, synthetic, tracking_uri):
+    """The second GRPO of ``make smoke-gpu`` on a finished run's artifacts (here on this CPU: HF
+    rollouts): beam_rank, its stats and outputs added to the run record as ``grpo_beam_rank``."""
+    import yaml
+
+    from pipeline import smoke
+    from pipeline.config import load_config
+
+    reasoning_model = build_sid_model(tmp_path / "reason_sft", (2, 4, 2), seed=1)  # the synthetic SID space
+    cfg, _ = load_config("demo", ["grpo.max_steps=1", "grpo.rollout_batch_size=16", "grpo.max_prompts=8",
+                                  "grpo.rollout.max_completion_length=24", f"storage.cache_uri={tmp_path / 'cache'}"])
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    (tmp_path / "run.json").write_text(json.dumps({
+        "stages": {"reason_sft": {"model": {"uri": str(reasoning_model)}},
+                   "teacher_corpus": {"reasoning": {"uri": synthetic["reasoning"]}},
+                   "sid_quantize": {"sid_map": {"uri": synthetic["sid_map"]}}},
+        "stats": {}, "mlflow": {"tracking_uri": tracking_uri}}))
+    record = smoke.grpo_again(tmp_path, "beam_rank")
+    stats = record["stats"]["grpo_beam_rank"]
+    assert stats["reward_mode"] == "beam_rank" and stats["global_step"] == 1
+    assert stats["summary"]["valid_sid_rate_last"] == 1.0
+    assert Path(record["stages"]["grpo_beam_rank"]["model"]["uri"]).is_dir()
+    result = smoke.summary({**record, "hardware": {}}, 100.0)
+    assert result["grpo_valid_sid_rate_last"] == {"grpo_beam_rank": 1.0} and result["within_budget"]
+
+
+def test_child_processes_get_the_gpus_of_this_process():
+    """GPU indices count the GPUs this process sees: on a machine shared through
+    CUDA_VISIBLE_DEVICES, the training processes and a vLLM server stay on those GPUs."""
+    assert hardware.cuda_visible_devices([0, 1], environ={}) == "0,1"
+    assert hardware.cuda_visible_devices([0, 1], environ={"CUDA_VISIBLE_DEVICES": "2,3"}) == "2,3"
+    assert hardware.cuda_visible_devices([1], environ={"CUDA_VISIBLE_DEVICES": "GPU-aa, GPU-bb"}) == "GPU-bb"
+    with pytest.raises(ValueError, match=r"GPU indices \[1\] but CUDA_VISIBLE_DEVICES=5 shows 1 GPU"):
+        hardware.cuda_visible_devices([1], environ={"CUDA_VISIBLE_DEVICES": "5"})

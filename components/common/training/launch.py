@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from components.common import storage
+from components.common import hardware, storage
 from components.common.config import ConfigError
 from components.common.logs import setup_logging
 from components.common.training import checkpoints
@@ -54,8 +54,12 @@ JOB_FILE = "job.json"
 
 
 def visible_gpus() -> int:
+    """GPUs torch can use, after checking that the node's NVIDIA driver can run the image's CUDA
+    libraries: with a too-old driver torch sees no GPU at all, and the first error would be a
+    misleading one (bf16 refused for want of a GPU), not the driver's."""
     import torch
 
+    hardware.check_driver(hardware.node_gpus())
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -174,7 +178,7 @@ def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu
         run_entry(job)
     else:
         cmd = launch_command(job_path, launch, job.world_size, bf16)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)),
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(gpu_ids),
                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **rendezvous_env(job, launch))
         log.info("launching %d training process(es): %s", job.world_size, " ".join(cmd))
         proc = subprocess.run(cmd, env=env, check=False)
