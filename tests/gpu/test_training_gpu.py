@@ -25,7 +25,7 @@ from components.common.config import parse_section
 from components.common.training import backbone
 from components.grpo import STAGE as GRPO
 from components.reason_sft import STAGE as REASON
-from tests.training.conftest import context, synthetic, tracking_uri, weights  # noqa: F401 (fixtures)
+from tests.training.conftest import context, weights
 from tests.training.synthetic import write_reasoning
 
 pytestmark = pytest.mark.gpu
@@ -46,7 +46,7 @@ def run_stage(stage, values: dict, tmp: Path, inputs: dict[str, str], tracking: 
     return {"outputs": outputs, "metadata": metadata, "stats": storage.read_json(outputs["stats"])}
 
 
-def test_alignment_trains_in_one_deepspeed_zero2_process(tmp_path, synthetic, tracking_uri):  # noqa: F811
+def test_alignment_trains_in_one_deepspeed_zero2_process(tmp_path, synthetic, tracking_uri):
     run = run_stage(ALIGN, {"backbone": {"from_config": QWEN3_SMALL}, "learning_rate": 1e-3, "warmup_steps": 0,
                             "max_steps": 4, "global_batch_size": 8, "per_device_batch_size": 4, "max_length": 256,
                             "eval_strategy": "steps", "eval_steps": 2, "early_stopping_patience": 2,
@@ -61,7 +61,7 @@ def test_alignment_trains_in_one_deepspeed_zero2_process(tmp_path, synthetic, tr
 
 
 @pytest.fixture(scope="module")
-def reasoning_model(tmp_path_factory, synthetic, tracking_uri) -> dict:  # noqa: F811
+def reasoning_model(tmp_path_factory, synthetic, tracking_uri) -> dict:
     """A reasoning model of Qwen3's architecture that answers "ok" and SID ``TARGET``, trained
     on this GPU with ZeRO-2 + bf16 from a config-built backbone extended with the SID tokens."""
     from components.common.artifacts import read_catalog
@@ -80,7 +80,7 @@ def reasoning_model(tmp_path_factory, synthetic, tracking_uri) -> dict:  # noqa:
 
 @pytest.mark.parametrize("mode", ["prefix", "beam_rank"])
 def test_grpo_with_colocated_vllm_trains_two_steps_on_catalog_sids(mode, tmp_path, reasoning_model, synthetic,
-                                                                   tracking_uri):  # noqa: F811
+                                                                   tracking_uri):
     run = run_stage(GRPO, {
         "learning_rate": 1e-4, "max_steps": 2, "num_generations": 8, "rollout_batch_size": 16,
         "per_device_batch_size": 8, "beta": 0.001, "checkpoint": {"every_steps": 2},

@@ -91,6 +91,20 @@ def add_sid_tokens(model: Any, tokenizer: Any, tokens: Sequence[str]) -> list[in
     return new_ids
 
 
+def use_eos_for_padding(tokenizer: Any, source: str) -> None:
+    """A tokenizer without a pad token pads with its EOS token. Qwen3's has one
+    (``<|endoftext|>``), but many causal LMs' (Llama-style base models) have none, and the GRPO
+    trainer's and the decoders' left padding need an id. Padding positions are masked out of
+    attention and labels (the SFT labels come from the completion masks), so EOS is safe there."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"backbone {source}: its tokenizer has neither a pad nor an EOS token; a causal LM "
+                          "needs an end token to stop generating")
+    tokenizer.pad_token = tokenizer.eos_token
+    log.info("backbone %s: no pad token; padding with the EOS token %r", source, tokenizer.eos_token)
+
+
 def save_backbone(model: Any, tokenizer: Any, out: str | Path, sid_tokens: Iterable[str] = ()) -> None:
     """``save_pretrained`` model + tokenizer (+ generation config) + the SID vocabulary file."""
     out = Path(out)
@@ -238,6 +252,7 @@ def extend_with_sids(source: str | Path, out: Path, tokens: Sequence[str], cache
     import torch
 
     model, tokenizer = load_causal_lm(source, cache_dir=cache_dir)
+    use_eos_for_padding(tokenizer, str(source))
     before = len(tokenizer)
     torch.manual_seed(seed)
     new_ids = add_sid_tokens(model, tokenizer, tokens)
