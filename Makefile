@@ -37,7 +37,7 @@ test: install
 # SMOKE_PYTHON: an interpreter with the GPU packages (CUDA torch, vLLM: the GPU image, or
 # pip install -c requirements/image-cuda.lock.txt -e '.[gpu]'); the dev venv's torch is CPU-only.
 SMOKE_PYTHON ?= $(BIN)/python
-smoke-gpu:
+smoke-gpu: $(if $(filter $(BIN)/python,$(SMOKE_PYTHON)),install)
 	$(SMOKE_PYTHON) -m pipeline.smoke $(if $(SMOKE_OUT),--out $(SMOKE_OUT))
 
 # The IR names the images `make images` builds: the tag is the same git-derived TAG, the registry
