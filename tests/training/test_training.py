@@ -245,8 +245,9 @@ def test_final_model_is_reused_only_when_complete(tmp_path):
 def test_training_throughput_counts_the_tokens_of_this_run():
     """tokens/s of the stage's run record: tokens since the resumed checkpoint over train_runtime,
     from SFTTrainer's or GRPOTrainer's cumulative token counts."""
-    sft = {"log_history": [{"step": 10, "num_input_tokens_seen": 1000}, {"step": 20, "num_input_tokens_seen": 2000},
-                           {"step": 20, "train_runtime": 4.0}]}
+    sft = {"log_history": [{"step": 10, "num_input_tokens_seen": 1000, "num_tokens": 10},
+                           {"step": 20, "num_input_tokens_seen": 2000, "num_tokens": 20},
+                           {"step": 20, "train_runtime": 4.0}]}  # TRL's SFT num_tokens restarts on resume
     assert launch.training_tokens_per_s(sft) == 500.0
     resumed = {"resumed_from_step": 10, **sft}
     assert launch.training_tokens_per_s(resumed) == 250.0

@@ -274,8 +274,10 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
     return stats, result
 
 
-#: Cumulative input tokens (non-padding) in the Trainer's log records: SFTTrainer's
-#: ``include_num_input_tokens_seen`` and GRPOTrainer's ``num_tokens`` (prompts + completions).
+#: Cumulative input tokens (non-padding) in the Trainer's log records, the first one a record
+#: has: the Trainer's ``num_input_tokens_seen`` (kept in the trainer state, so it continues after
+#: a resume; the SFT engine turns it on) and GRPOTrainer's ``num_tokens`` (the same state counter:
+#: prompts + completions).
 TOKEN_COUNT_KEYS = ("num_input_tokens_seen", "num_tokens")
 
 
@@ -285,7 +287,8 @@ def training_tokens_per_s(result: Mapping[str, Any]) -> float | None:
     log has no token counts."""
     history = result.get("log_history", [])
     runtime = next((r["train_runtime"] for r in reversed(history) if "train_runtime" in r), None)
-    counts = [(r.get("step", 0), float(r[key])) for r in history for key in TOKEN_COUNT_KEYS if key in r]
+    counts = [(r.get("step", 0), float(r[key])) for r in history
+              if (key := next((k for k in TOKEN_COUNT_KEYS if k in r), None))]
     if not runtime or not counts:
         return None
     resumed = result.get("resumed_from_step") or 0
