@@ -223,13 +223,31 @@ def test_checkpoints_of_another_job_are_refused(tmp_path):
 
 def test_checkpoint_location_and_fingerprint():
     settings = TrainerSettings()
-    assert checkpoints.checkpoint_uri(settings, "gs://b/cache", "run-1", "grpo") == "gs://b/cache/checkpoints/run-1/grpo"
+    base = checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=42, code="abc")
+    assert checkpoints.checkpoint_uri(settings, "gs://b/cache", "grpo", base) == f"gs://b/cache/checkpoints/grpo/{base[:16]}"
     configured = TrainerSettings(checkpoint={"uri": "gs://b/ckpt"})
-    assert checkpoints.checkpoint_uri(configured, "gs://b/cache", "run-1", "grpo") == "gs://b/ckpt"
-    base = checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"})
-    assert base == checkpoints.job_fingerprint(TrainerSettings(), {"corpus": "sha256:1"})
-    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:2"})
-    assert base != checkpoints.job_fingerprint(TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"})
+    assert checkpoints.checkpoint_uri(configured, "gs://b/cache", "grpo", base) == "gs://b/ckpt"
+    assert base == checkpoints.job_fingerprint(TrainerSettings(), {"corpus": "sha256:1"}, seed=42, code="abc")
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:2"}, seed=42, code="abc")
+    assert base != checkpoints.job_fingerprint(TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"}, 42, "abc")
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=7, code="abc")
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=42, code="def")
+
+
+def test_the_cache_keeps_the_latest_jobs_of_a_stage(tmp_path):
+    root = tmp_path / "checkpoints" / "grpo"
+    for k, name in enumerate(["job-a", "job-b", "job-c", "job-d"]):
+        uri = str(root / name)
+        checkpoints.claim(uri, name, "grpo")
+        checkpoints.publish(fake_checkpoint(tmp_path / "local" / name, 5, None), uri, 5, keep=2, best_step=None)
+        final = tmp_path / "final" / name
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+        checkpoints.publish_final(final, uri)
+    checkpoints.claim(str(root / "job-a"), "job-a", "grpo")  # job-a ran again: it is the newest now
+    assert sorted(checkpoints.prune_jobs(str(root), keep=2)) == [str(root / "job-b"), str(root / "job-c")]
+    assert sorted(p.name for p in root.iterdir()) == ["job-a", "job-d"]
+    assert checkpoints.fetch_final(str(root / "job-a"), tmp_path / "reused")
 
 
 def test_final_model_is_reused_only_when_complete(tmp_path):

@@ -239,8 +239,8 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
     ``ctx`` is the stage's StageContext, ``tracker`` its StageRun.
     """
     quiet_progress_bars()
-    fingerprint = checkpoints.job_fingerprint(cfg, input_digests)
-    uri = checkpoints.checkpoint_uri(cfg, ctx.cache_uri, ctx.run_key, stage)
+    fingerprint = checkpoints.job_fingerprint(cfg, input_digests, ctx.seed, ctx.git_commit)
+    uri = checkpoints.checkpoint_uri(cfg, ctx.cache_uri, stage, fingerprint)
     checkpoints.claim(uri, fingerprint, stage)
     work = checkpoints.work_dir(cfg, stage, fingerprint)
     final = work / checkpoints.FINAL
@@ -268,6 +268,8 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
         checkpoints.publish_final(final, uri)
     storage.copy(str(final), output)
     checkpoints.drop_all(uri)  # published: a retry reuses <uri>/final, the optimizer states can go
+    if cfg.checkpoint.uri is None:
+        checkpoints.prune_jobs(storage.join(ctx.cache_uri, "checkpoints", stage), cfg.checkpoint.cache_jobs)
     shutil.rmtree(work, ignore_errors=True)
     stats["stage_seconds"] = time.monotonic() - start
     stats["tokens_per_s"] = None if stats.get("reused_final") else training_tokens_per_s(result)

@@ -68,8 +68,12 @@ class CheckpointConfig(Section):
     saves used by early stopping)."""
     uri: str | None = None
     """Where checkpoints are published (local path or gs://). Unset:
-    <storage.cache_uri>/checkpoints/<run key>/<stage>, so a retried task of the same pipeline run
-    resumes and a new run starts fresh."""
+    <storage.cache_uri>/checkpoints/<stage>/<job>, the job being what the work is (config, input
+    digests, seed, code version): the same command re-run after a kill resumes, and identical
+    work re-run reuses its finished model."""
+    cache_jobs: int = Field(3, ge=1)
+    """Jobs of this stage kept in the cache (unset uri): older ones (their checkpoints and
+    finished models) are deleted when a job finishes."""
     keep: int = Field(2, ge=1)
     """Published checkpoints kept (the newest ones, plus the best one when early stopping)."""
     local_dir: str | None = None
