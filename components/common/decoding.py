@@ -46,6 +46,7 @@ import torch
 from components.common.constrained import RankedSids, SidTrie
 from components.common.decoding_config import DecoderSettings, Mode
 from components.common.decoding_core import Decoded, TransformersDecoder, decode_mode, split_reasoning
+from components.common.hardware import cuda_visible_devices
 from components.common.logs import setup_logging
 from components.common.prompts import THINK_CLOSE
 
@@ -142,7 +143,7 @@ def run_shard(job: ShardJob) -> dict[str, list[Decoded]]:
     label = f" (shard {job.shard + 1}/{job.shards})" if job.shards > 1 else ""
     if job.settings.engine == "vllm":
         if job.shards > 1:  # one GPU per shard process, chosen before vLLM initialises CUDA
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(job.shard)
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices([job.shard])  # of the parent's GPUs
         workdir = Path(job.workdir) / f"shard-{job.shard}"  # each engine process loads its own trie file
         workdir.mkdir(parents=True, exist_ok=True)
         decoder: Any = VllmDecoder(job.model_dir, job.catalog_sids, job.settings, workdir, job.seed)

@@ -89,7 +89,8 @@ def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use
         num_generations=settings.num_generations,
         max_completion_length=rollout.max_completion_length,
         temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-        beta=settings.beta, loss_type=settings.loss_type, epsilon=settings.epsilon,
+        beta=settings.beta, use_bias_correction_kl=settings.kl_importance_correction,
+        loss_type=settings.loss_type, epsilon=settings.epsilon,
         scale_rewards=settings.scale_rewards, num_iterations=1, reward_weights=rewards.weights,
         mask_truncated_completions=settings.mask_truncated_completions,
         use_vllm=use_vllm, vllm_mode=rollout.vllm_mode,
@@ -97,7 +98,7 @@ def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use
         vllm_gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=rollout.vllm_tensor_parallel_size,
         vllm_max_model_length=rollout.max_prompt_length + rollout.max_completion_length,
-        vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.vllm_server_timeout,
+        vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.server.timeout,
         shuffle_dataset=True, log_completions=False, **validation_schedule(settings),
     )
 
@@ -110,24 +111,23 @@ def build_rewards(payload: GRPOPayload, tokenizer: Any, job: TrainJob) -> Reward
 
 def train_grpo(job: TrainJob) -> None:
     """Entry point of each training process."""
-    import torch
     from datasets import Dataset, load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig
 
     from components.common.training.callbacks import standard_callbacks
-    from components.common.training.engine import resumed_step, save_trained_model, write_result
+    from components.common.training.engine import load_trained_model, resumed_step, save_trained_model, write_result
+    from components.common.training.hf_generation import BoundedGenerationGRPOTrainer
     from components.common.training.validation import GRPOValidationLoop, SidValidator
 
-    class ValidatingGRPOTrainer(GRPOValidationLoop, GRPOTrainer):
-        """GRPOTrainer whose evaluations are the periodic ranking validation."""
+    class ValidatingGRPOTrainer(GRPOValidationLoop, BoundedGenerationGRPOTrainer):
+        """The GRPO trainer whose evaluations are the periodic ranking validation."""
 
     payload = GRPOPayload.model_validate(job.payload)
     settings = payload.settings
     tokenizer = AutoTokenizer.from_pretrained(payload.base_model)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(payload.base_model,
-                                                 dtype=torch.bfloat16 if settings.bf16 else torch.float32)
+    model = load_trained_model(payload.base_model)  # fp32 master weights; bf16 is the Trainer's mixed precision
     rewards = build_rewards(payload, tokenizer, job)
     args = GRPOConfig(**grpo_arguments(settings, job, payload.gradient_accumulation_steps, payload.use_vllm,
                                        payload.vllm_server_url, rewards))
@@ -136,12 +136,13 @@ def train_grpo(job: TrainJob) -> None:
         raise ValueError("validation.every_steps is set but the payload has no validation sample")
     with rewards.engine_setup(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # known: experimental in TRL 1.16
-        trainer = (ValidatingGRPOTrainer if validating else GRPOTrainer)(
+        trainer = (ValidatingGRPOTrainer if validating else BoundedGenerationGRPOTrainer)(
             model=model, reward_funcs=rewards.funcs, args=args, train_dataset=load_from_disk(payload.prompts),
             # the Trainer wants an eval set when it evaluates: the validation rows (ValidatingGRPOTrainer
             # decodes them itself)
             eval_dataset=Dataset.from_dict({"target_sid": payload.validation.targets}) if validating else None,
-            processing_class=tokenizer, callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func)
+            processing_class=tokenizer, callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func,
+            hf_generation_batch_size=settings.rollout.hf_generation_batch_size)
     if validating:
         trainer.sid_validator = SidValidator(settings.validation, payload.validation, tokenizer)
     resumed_from = resumed_step(job)
