@@ -64,6 +64,8 @@ def grpo_again(run_dir: Path, mode: str = SECOND_MODE) -> dict[str, Any]:
               "sid_map": stages["sid_quantize"]["sid_map"]["uri"]}
     profile = apply_overrides(load_yaml(run_dir / "config.yaml"), [f"grpo.reward.mode={mode}"])
     cfg = parse_section(GRPO.config, profile["grpo"], "grpo")
+    if cfg.validation.every_steps is not None:  # the periodic validation decodes the valid split
+        inputs["samples"] = stages["ingest"]["samples"]["uri"]
     out = run_dir / f"grpo-{mode}"
     ctx = cli_context(profile, PROFILE, GRPO.name, str(out), record["mlflow"]["tracking_uri"], config_hash(cfg))
     outputs = {name: storage.join(str(out), kind.file) for name, kind in GRPO.outputs.items()}

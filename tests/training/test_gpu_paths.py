@@ -403,7 +403,8 @@ def test_the_smoke_run_trains_grpo_again_with_the_other_reward_mode(tmp_path, sy
                                   "grpo.rollout.max_completion_length=24", f"storage.cache_uri={tmp_path / 'cache'}"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     (tmp_path / "run.json").write_text(json.dumps({
-        "stages": {"reason_sft": {"model": {"uri": str(reasoning_model)}},
+        "stages": {"ingest": {"samples": {"uri": synthetic["samples"]}},
+                   "reason_sft": {"model": {"uri": str(reasoning_model)}},
                    "teacher_corpus": {"reasoning": {"uri": synthetic["reasoning"]}},
                    "sid_quantize": {"sid_map": {"uri": synthetic["sid_map"]}}},
         "stats": {}, "mlflow": {"tracking_uri": tracking_uri}}))
