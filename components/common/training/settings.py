@@ -142,8 +142,9 @@ class GRPOValidation(ValidationConfig):
     mode: Literal["direct", "thinking"] = "thinking"
     """thinking: greedy reasoning, then the SID beam (what GRPO trains); direct: the SID beam only."""
     every_steps: int | None = Field(50, ge=1)
-    """Validate (and save a checkpoint) every this many optimizer steps, and restore the best
-    validated checkpoint at the end; null: no validation, the last weights are kept."""
+    """Validate (and save a checkpoint) every this many optimizer steps and after the last one,
+    and restore the best validated checkpoint at the end; null: no validation, the last weights
+    are kept."""
 
 
 class TrainerSettings(Section):
