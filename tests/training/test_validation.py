@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 from pathlib import Path
@@ -109,6 +110,9 @@ class LiveTrainer:
         self.accelerator = Accelerator(cpu=True)
         self.model = self.model_wrapped = model
         self.state = type("State", (), {"global_step": 7})()
+
+    def compute_loss_context_manager(self):
+        return contextlib.nullcontext()  # no mixed precision on a CPU
 
 
 @pytest.mark.parametrize("mode", ["direct", "thinking"])

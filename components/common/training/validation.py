@@ -135,8 +135,9 @@ class SidValidator:
                 self._decoder = TransformersDecoder.of_model(model, self.tokenizer, self.sample.catalog_sids,
                                                              self.decoder_settings)
             model.eval()
-            try:
-                decoded = decode_mode(self._decoder, histories, self.settings.mode, " (validation)")
+            try:  # under the training's mixed precision (bf16 autocast with DDP; none on a CPU)
+                with trainer.compute_loss_context_manager():
+                    decoded = decode_mode(self._decoder, histories, self.settings.mode, " (validation)")
             finally:
                 model.train(was_training)
         k = self.settings.k
