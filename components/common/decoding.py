@@ -91,12 +91,14 @@ class TransformersDecoder:
     """The model through transformers: ``generate`` for reasoning, the KV-sharing trie beam search
     for SIDs, a few prompts at a time."""
 
-    def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, device: torch.device):
+    def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, device: torch.device,
+                 trie: SidTrie | None = None):
         kwargs = {} if settings.dtype == "auto" else {"dtype": DTYPES[settings.dtype]}
         self.model, self.tokenizer = load_causal_lm(model_dir, **kwargs)
         self.model.to(device).eval()
         ensure_pad_token(self.tokenizer)
-        self.trie = SidTrie.from_tokenizer(self.tokenizer, catalog_sids).to(device)
+        # a served model brings its trie (built at promotion from this tokenizer and catalog)
+        self.trie = (trie or SidTrie.from_tokenizer(self.tokenizer, catalog_sids)).to(device)
         self.settings, self.device = settings, device
         close = self.tokenizer(THINK_CLOSE, add_special_tokens=False).input_ids
         self.stop = {"eos_token_id": [close[0], self.tokenizer.eos_token_id]} if len(close) == 1 else {
@@ -148,15 +150,17 @@ class VllmDecoder:
     prompt handed to vLLM at once (it batches and schedules itself).
 
     ``llm`` and ``sampling_params`` default to ``vllm.LLM(**vllm_engine_kwargs(...))`` and
-    ``vllm.SamplingParams``; tests pass stand-ins.
+    ``vllm.SamplingParams``; tests pass stand-ins. ``trie`` defaults to the one of ``catalog_sids``
+    under the model's tokenizer (a served model brings its own).
     """
 
     def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, workdir: Path,
-                 seed: int, llm: Any = None, sampling_params: Callable[..., Any] | None = None):
+                 seed: int, llm: Any = None, sampling_params: Callable[..., Any] | None = None,
+                 trie: SidTrie | None = None):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.trie = SidTrie.from_tokenizer(self.tokenizer, catalog_sids)
+        self.trie = trie or SidTrie.from_tokenizer(self.tokenizer, catalog_sids)
         self.trie_path = str(workdir / "sid_trie.pt")
         self.trie.save(self.trie_path)  # the engine's logits processor loads it by path
         self.settings = settings
