@@ -24,7 +24,7 @@ FAST = [
     "reason_sft.max_steps=4", "reason_sft.eval_steps=2", "reason_sft.checkpoint.every_steps=2",
     "grpo.max_steps=2", "grpo.max_prompts=16", "grpo.checkpoint.every_steps=1",
     "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "baselines.sasrec.epochs=3",
-    "recommend.max_users=16",
+    "recommend.max_users=8",
 ]
 
 
