@@ -14,6 +14,11 @@ are the catalog's users' current ones (at most 10 items, as the demo trains on).
 * ``thinking``: one-row requests in thinking mode with reasoning budgets of 16 and 64 tokens
   (an untrained model never closes its think block, so it spends the whole budget): the latency,
   and the marginal cost of a reasoning token.
+
+Both sides decode alike: with one torch thread (on a shared 2-core machine two OpenMP threads
+spin against the neighbours' load and make timings meaningless), and in a worker thread, as the
+scoring server runs ``predict`` (``asyncio.to_thread``); so the ratio is the cost of HTTP, JSON
+and MLflow's request parsing.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -49,6 +55,7 @@ SHAPE = {"vocab_size": 2000, "hidden_size": 64, "intermediate_size": 128, "num_l
 SINGLE_REQUESTS, BATCH, BATCH_REPEATS, THINKING_REPEATS = 100, 64, 5, 5
 BUDGETS = (16, 64)
 TARGET_HTTP_RATIO = 1.2
+THREADS = 1
 
 
 def build(root: Path) -> tuple[Path, list[list[str]], int]:
@@ -80,12 +87,25 @@ def frame(histories: list[list[str]]) -> pd.DataFrame:
     return pd.DataFrame({"user_id": [f"u{i}" for i in range(len(histories))], "history": histories})
 
 
+def _one_torch_thread() -> None:
+    import torch
+
+    torch.set_num_threads(THREADS)
+
+
+#: Where in-process requests run: one worker thread, as the scoring server's.
+WORKER = ThreadPoolExecutor(1, initializer=_one_torch_thread)
+
+
 def in_process(model, histories: list[list[str]], params: dict) -> float:
-    began = time.perf_counter()
-    answer = model.predict(frame(histories), params=params)
-    elapsed = time.perf_counter() - began
-    assert len(answer) == len(histories) and all(len(i) == params["k"] for i in answer["item_ids"])
-    return elapsed
+    def call() -> float:
+        began = time.perf_counter()
+        answer = model.predict(frame(histories), params=params)
+        elapsed = time.perf_counter() - began
+        assert len(answer) == len(histories) and all(len(i) == params["k"] for i in answer["item_ids"])
+        return elapsed
+
+    return WORKER.submit(call).result()
 
 
 def over_http(url: str, histories: list[list[str]], params: dict) -> float:
@@ -102,7 +122,8 @@ def over_http(url: str, histories: list[list[str]], params: dict) -> float:
 
 def serve(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]])}
+    env = {**os.environ, "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
+           "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(path), "--env-manager",
                              "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env)
@@ -142,7 +163,7 @@ def run() -> dict:
             thinking = {}
             for budget in BUDGETS:
                 params = {**direct, "mode": "thinking", "max_reasoning_tokens": budget}
-                spent = model.predict(frame(rows[:1]), params=params)["reasoning_tokens"][0]
+                spent = WORKER.submit(model.predict, frame(rows[:1]), params=params).result()["reasoning_tokens"][0]
                 thinking[budget] = {"reasoning_tokens": int(spent), "in_process": [
                     in_process(model, [rows[i]], params) for i in range(THINKING_REPEATS)]}
         finally:
@@ -164,7 +185,8 @@ def run() -> dict:
         "thinking_ms_per_reasoning_token": per_token_ms,
         "direct_single_in_process_p50_ms": percentiles(single["in_process"])["p50_ms"],
     }
-    return {"summary": summary, "catalog_items": items, "codebooks": list(CODEBOOKS), "model_shape": SHAPE,
+    return {"summary": summary, "catalog_items": items, "torch_threads": THREADS, "codebooks": list(CODEBOOKS),
+            "model_shape": SHAPE,
             "requests": {"single": SINGLE_REQUESTS, "batch": BATCH, "batch_repeats": BATCH_REPEATS},
             "raw_seconds": {"single": single, "batch": batch,
                             "thinking": {str(b): t["in_process"] for b, t in thinking.items()}}}
