@@ -24,5 +24,6 @@ STAGE = Stage(
     outputs={"recommendations": RECOMMENDATIONS, "stats": artifacts.STATS},
     image="cuda",  # paper scale: sharded over GPUs like evaluate
     resources=ResourceSpec(cpu_request="2", memory_request="8G"),
-    enabled=lambda cfg: cfg.recommend.enabled,
+    # by the model the run promotes: a run without retraining has none, and no recommend step
+    enabled=lambda cfg: cfg.recommend.enabled and cfg.retrain.enabled,
 )

@@ -13,7 +13,8 @@ class RecommendConfig(DecoderSettings):
     """Batch recommendations by the model the run just promoted (a scheduled retraining run)."""
 
     enabled: bool = False
-    """Add the step to the DAG (after ``promote``: needs ``retrain.registered_model``)."""
+    """Add the step to the DAG, after ``promote``: in runs that retrain through the registry
+    (``retrain.registered_model``); a run without it promotes nothing and has no recommend step."""
     users: str | None = None
     """Parquet of the active users (user_id, history: item ids oldest first), local or gs://.
     Unset: every user of the run's ``samples``, with their history as of their last interaction."""
