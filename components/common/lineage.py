@@ -68,8 +68,11 @@ def configure(tracking_uri: str, experiment: str, artifact_location: str | None 
 
 def find_parent_run(experiment_id: str, run_key: str):
     mlflow = _mlflow()
+    # oldest first: the parent is created before its stage runs, which share its run key (newest
+    # first, a run of more than 10 stages would push it out of the page and get a second parent)
     runs = mlflow.MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}'", max_results=10
+        [experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}'", max_results=10,
+        order_by=["attributes.start_time ASC"],
     )
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return parents[0] if parents else None
