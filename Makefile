@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test compile bench lock lock-images lock-stages image-sizes images push docker-engine clean
+.PHONY: install demo test compile bench lock lock-images lock-stages image-sizes images push docker-engine clean smoke-gpu
 
 install: $(STAMP)
 
@@ -31,6 +31,14 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The GPU smoke run (README "GPU"): the smoke-gpu profile on one GPU, GRPO again with beam_rank
+# rollouts, run.json with libraries, driver, GPUs, peak memory and tokens/s per stage; <= 10 min.
+# SMOKE_PYTHON: an interpreter with the GPU packages (CUDA torch, vLLM: the GPU image, or
+# pip install -c requirements/image-cuda.lock.txt -e '.[gpu]'); the dev venv's torch is CPU-only.
+SMOKE_PYTHON ?= $(BIN)/python
+smoke-gpu: $(if $(filter $(BIN)/python,$(SMOKE_PYTHON)),install)
+	$(SMOKE_PYTHON) -m pipeline.smoke $(if $(SMOKE_OUT),--out $(SMOKE_OUT))
 
 # The IR names the images `make images` builds: the tag is the same git-derived TAG, the registry
 # REGISTRY when given, else the profile's images.registry (localhost/sidreasoner by default).

@@ -73,7 +73,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     cfg, profile = _load(args)
     cfg.check_hardware({stage: visible_gpus() for stage in STAGES})
     out = Path(args.out) if args.out else default_run_dir(cfg)
-    record = run_local(cfg, profile, out)
+    record = run_local(cfg, profile, out, verbose=args.verbose)
     print("\n" + format_metrics_table(pd.DataFrame(record["metrics"])))
     print(f"\nrun {record['run_id']} {record['status']}")
     print(f"run folder: {out.resolve()}")
@@ -266,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run the pipeline locally (kfp.local)")
     _add_config_args(p)
     p.add_argument("--out", help="run folder (default build/runs/<name>-<time>)")
+    p.add_argument("--verbose", action="store_true", help="also show what kfp's executor prints around each task "
+                                                          "(its log lines and executor input/output JSON)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")

@@ -12,19 +12,23 @@ A run folder holds everything of one run::
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io
 import json
 import logging
 import os
 import secrets
+import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
-from components.common import lineage, storage
+from components.common import hardware, lineage, storage
 from components.common.config import config_hash
+from components.common.logs import KFP_EXECUTOR_FORMAT
 from components.common.stage import StageContext, git_commit
 from pipeline.config import DECLARATIONS, RunConfig
 from pipeline.dag import build_pipeline, output_name
@@ -54,7 +58,59 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("build/runs") / f"{cfg.run.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
-def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
+class ExecutorNoiseFilter(io.TextIOBase):
+    """Standard output during a local run, without what kfp's executor prints around each task:
+    its own log lines (``[KFP Executor ...]``) and the executor input and output JSON it dumps.
+    The stages' own lines (their log, progress and results) pass. ``sidreasoner run --verbose``
+    shows everything."""
+
+    def __init__(self, target: TextIO):
+        self.target, self.pending, self.depth, self.json_next = target, "", 0, False
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            if self.keep(line.strip()):
+                self.target.write(line + "\n")
+        return len(text)
+
+    def keep(self, line: str) -> bool:
+        if self.json_next and line.startswith(("{", "[")) or self.depth:
+            self.json_next = False
+            self.depth += line.count("{") + line.count("[") - line.count("}") - line.count("]")
+            return False
+        self.json_next = False
+        if line.startswith(KFP_EXECUTOR_FORMAT):
+            self.json_next = line.endswith(":")  # "Got executor_input:" then the JSON
+            return False
+        return True
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
+#: Per-stage numbers the run record's hardware summary collects: from the stats output's metadata
+#: (GPU stages, :func:`components.common.hardware.gpu_stage`) and from the stage's stats.
+STAGE_HARDWARE_METADATA = ("gpus", "gpu_peak_memory_mib", "gpu_memory_at_start_mib")
+STAGE_HARDWARE_STATS = ("tokens_per_s", "stage_seconds")
+
+
+def hardware_summary(record: dict[str, Any]) -> dict[str, Any]:
+    """The machine (libraries, NVIDIA driver, GPUs) and, per stage, its GPUs, peak GPU memory and
+    throughput (``tokens_per_s`` where the stage reports one)."""
+    stages = {}
+    for stage, outputs in record["stages"].items():
+        metadata = outputs.get("stats", {}).get("metadata", {})
+        stats = record["stats"].get(stage, {})
+        entry = {key: metadata[key] for key in STAGE_HARDWARE_METADATA if key in metadata}
+        entry.update({key: stats[key] for key in STAGE_HARDWARE_STATS if isinstance(stats, dict) and key in stats})
+        if entry:
+            stages[stage] = entry
+    return {**hardware.environment(), "stages": stages}
+
+
+def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) -> dict[str, Any]:
     """Run the pipeline locally; returns (and writes) the run record ``out/run.json``."""
     from kfp import local
 
@@ -88,7 +144,8 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
         "config": cfg.model_dump(mode="json"), "stages": {}, "stats": {}, "metrics": [],
     }
     try:
-        result = pipeline_func(run_key=run_key)
+        with contextlib.redirect_stdout(sys.stdout if verbose else ExecutorNoiseFilter(sys.stdout)):
+            result = pipeline_func(run_key=run_key)
     except BaseException as exc:
         record.update(status="failed", error=str(exc))
         lineage.end_parent_run(parent_id, "FAILED")
@@ -106,6 +163,7 @@ def run_local(cfg: RunConfig, profile: str, out: Path) -> dict[str, Any]:
         for name in ("stats", "previous", "decision"):  # each stage's JSON report
             if name in record["stages"][stage]:
                 record["stats"][stage] = storage.read_json(record["stages"][stage][name]["uri"])
+    record["hardware"] = hardware_summary(record)
     metrics = storage.read_parquet(record["stages"]["evaluate"]["metrics"]["uri"])
     record["metrics"] = metrics.to_pylist()
     record["status"] = "succeeded"

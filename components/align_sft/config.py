@@ -43,21 +43,58 @@ class TinyBackboneConfig(Section):
         return self
 
 
+class ConfigBackboneConfig(Section):
+    """A published architecture (Qwen3-1.7B's by default) at a smaller size, randomly
+    initialised on the node, with a tokenizer trained on the run's text: no download, and the
+    real model's attention layout, head size, norms and dtype (what GPU kernels, vLLM and
+    DeepSpeed see). The size settings left null keep the architecture's values."""
+
+    architecture: str = "qwen3-1.7b"
+    """qwen3-1.7b (Qwen3-1.7B's published config.json, built in) or the URI of a model's
+    config.json (local or gs://)."""
+    vocab_size: int = Field(2000, ge=300, le=200_000)
+    """BPE vocabulary size of the tokenizer before the SID tokens are added."""
+    hidden_size: int | None = Field(None, ge=8)
+    """Model width (Qwen3-1.7B: 2048)."""
+    intermediate_size: int | None = Field(None, ge=8)
+    """MLP width (6144)."""
+    num_layers: int | None = Field(None, ge=1)
+    """Decoder layers (28)."""
+    num_heads: int | None = Field(None, ge=1)
+    """Attention heads (16)."""
+    num_kv_heads: int | None = Field(None, ge=1)
+    """Key/value heads (8)."""
+    head_dim: int | None = Field(None, ge=8)
+    """Size of each head (128; heads x head_dim need not equal the width, as in Qwen3)."""
+    max_positions: int | None = Field(None, ge=64)
+    """Longest sequence the model accepts (40960)."""
+
+    @model_validator(mode="after")
+    def _shapes(self) -> ConfigBackboneConfig:
+        if self.num_heads is not None and self.num_kv_heads is not None and self.num_heads % self.num_kv_heads:
+            raise ValueError(f"num_heads ({self.num_heads}) must be divisible by num_kv_heads ({self.num_kv_heads})")
+        return self
+
+
 class BackboneConfig(Section):
-    """The model alignment starts from: a saved HF causal LM, or the offline tiny one."""
+    """The model alignment starts from: a saved HF causal LM, or one built offline (tiny, or a
+    published architecture from its config)."""
 
     uri: str | None = None
     """save_pretrained folder of any HF causal LM, local or gs:// (production: Qwen3-1.7B)."""
     tiny: TinyBackboneConfig | None = None
     """Build a tiny backbone from the catalog and corpus text instead (runs with no hub)."""
+    from_config: ConfigBackboneConfig | None = None
+    """Build a randomly initialised model of a published architecture instead, with the tiny
+    backbone's tokenizer (the GPU smoke profile: Qwen3's architecture at a small width)."""
     new_token_warmup_steps: int = Field(0, ge=0)
     """Train only the new SID token embedding rows for this many steps first (0: off, the
     recipe's default: everything is fully fine-tuned from the start)."""
 
     @model_validator(mode="after")
     def _one_source(self) -> BackboneConfig:
-        if (self.uri is None) == (self.tiny is None):
-            raise ValueError("set exactly one of uri (a saved model) or tiny (build one offline)")
+        if sum(source is not None for source in (self.uri, self.tiny, self.from_config)) != 1:
+            raise ValueError("set exactly one of uri (a saved model), tiny or from_config (build one offline)")
         return self
 
 

@@ -84,6 +84,10 @@ def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
             source = out.parent / "tiny"
             backbone.build_tiny(source, inputs["items"], inputs["corpus"], seed=ctx.seed,
                                 **cfg.backbone.tiny.model_dump())
+        elif cfg.backbone.from_config is not None:
+            source = out.parent / "from-config"
+            backbone.build_from_config(source, inputs["items"], inputs["corpus"], seed=ctx.seed,
+                                       **cfg.backbone.from_config.model_dump())
         else:
             source = cfg.backbone.uri
         _, new_ids = backbone.extend_with_sids(source, out, catalog.tokens, out.parent / "download", ctx.seed)

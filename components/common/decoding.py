@@ -43,6 +43,7 @@ import torch
 from components.common import prompts
 from components.common.constrained import RankedSids, SidTrie, constrained_beam_search, ensure_pad_token
 from components.common.decoding_config import DecoderSettings, Mode
+from components.common.hardware import cuda_visible_devices
 from components.common.logs import Progress, setup_logging
 from components.common.modeling import load_causal_lm
 from components.common.prompts import THINK_CLOSE, THINK_OPEN
@@ -239,7 +240,7 @@ def run_shard(job: ShardJob) -> dict[str, list[Decoded]]:
     label = f" (shard {job.shard + 1}/{job.shards})" if job.shards > 1 else ""
     if job.settings.engine == "vllm":
         if job.shards > 1:  # one GPU per shard process, chosen before vLLM initialises CUDA
-            os.environ["CUDA_VISIBLE_DEVICES"] = str(job.shard)
+            os.environ["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices([job.shard])  # of the parent's GPUs
         workdir = Path(job.workdir) / f"shard-{job.shard}"  # each engine process loads its own trie file
         workdir.mkdir(parents=True, exist_ok=True)
         decoder: Any = VllmDecoder(job.model_dir, job.catalog_sids, job.settings, workdir, job.seed)

@@ -66,27 +66,61 @@ def configure(tracking_uri: str, experiment: str, artifact_location: str | None 
     return exp_id
 
 
-def find_parent_run(experiment_id: str, run_key: str):
+def parent_runs(experiment_id: str, run_key: str) -> list:
+    """The live parent runs of a pipeline run, the canonical one first (oldest, then smallest id).
+
+    Several exist only briefly, when stages of one run start at the same time and each creates
+    one (:func:`ensure_parent_run` then converges on the first)."""
     mlflow = _mlflow()
-    # oldest first: the parent is created before its stage runs, which share its run key (newest
-    # first, a run of more than 10 stages would push it out of the page and get a second parent)
     runs = mlflow.MlflowClient().search_runs(
-        [experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}'", max_results=10,
-        order_by=["attributes.start_time ASC"],
-    )
+        [experiment_id], filter_string=f"tags.`{TAG_RUN_KEY}` = '{run_key}'", max_results=100)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    return sorted(parents, key=lambda r: (r.info.start_time, r.info.run_id))
+
+
+def find_parent_run(experiment_id: str, run_key: str):
+    parents = parent_runs(experiment_id, run_key)
     return parents[0] if parents else None
 
 
 def ensure_parent_run(experiment_id: str, run_key: str, tags: Mapping[str, str], run_name: str) -> str:
-    """Id of the pipeline run's parent MLflow run, created with ``tags`` if it does not exist."""
+    """Id of the pipeline run's parent MLflow run, created with ``tags`` if it does not exist.
+
+    Nothing creates the parent before the stages on a cluster, and a DAG can have several root
+    tasks (previous_model and ingest) that start together: each may find none and create one. A
+    creator therefore looks again after creating, and when several exist all converge on the
+    canonical one (:func:`parent_runs`); a creator whose run lost deletes it. A stage that attached
+    to a parent which later turns out not to be canonical moves its run when it ends
+    (:func:`stage_run`)."""
     existing = find_parent_run(experiment_id, run_key)
     if existing is not None:
         return existing.info.run_id
     client = _mlflow().MlflowClient()
-    run = client.create_run(experiment_id, run_name=run_name, tags={TAG_RUN_KEY: run_key, **tags})
-    log.info("created MLflow parent run %s for pipeline run %s", run.info.run_id, run_key)
-    return run.info.run_id
+    created = client.create_run(experiment_id, run_name=run_name, tags={TAG_RUN_KEY: run_key, **tags}).info.run_id
+    canonical = parent_runs(experiment_id, run_key)[0].info.run_id
+    if canonical != created:
+        client.delete_run(created)
+        log.info("MLflow parent run of pipeline run %s was created concurrently: using %s", run_key, canonical)
+    else:
+        log.info("created MLflow parent run %s for pipeline run %s", created, run_key)
+    return canonical
+
+
+def reattach(run_id: str, experiment_id: str, run_key: str, parent_id: str) -> str:
+    """Move ``run_id`` under the canonical parent if ``parent_id`` is no longer it (a concurrent
+    creation resolved the other way); returns the parent it is under. An emptied parent that lost
+    is deleted."""
+    canonical = find_parent_run(experiment_id, run_key)
+    if canonical is None or canonical.info.run_id == parent_id:
+        return parent_id
+    client = _mlflow().MlflowClient()
+    client.set_tag(run_id, "mlflow.parentRunId", canonical.info.run_id)
+    left = client.search_runs([experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_id}'",
+                              max_results=1)
+    if not left:
+        client.delete_run(parent_id)
+    log.info("MLflow: stage run %s moved under the canonical parent %s", run_id, canonical.info.run_id)
+    return canonical.info.run_id
 
 
 def end_parent_run(run_id: str, status: str = "FINISHED") -> None:
@@ -212,8 +246,9 @@ def stage_run(
         try:
             yield StageRun(run.info.run_id, stage)
         except BaseException:
-            end_parent_run(parent_id, "FAILED")
+            end_parent_run(reattach(run.info.run_id, experiment_id, run_key, parent_id), "FAILED")
             raise
+        parent_id = reattach(run.info.run_id, experiment_id, run_key, parent_id)
     if close_parent:
         end_parent_run(parent_id, "FINISHED")
 

@@ -55,9 +55,20 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+#: The format kfp's executor (``kfp.dsl.executor_main``) gives the root logger before our code runs.
+KFP_EXECUTOR_FORMAT = "[KFP Executor "
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger once per process (idempotent)."""
+    """Configure the root logger once per process (idempotent).
+
+    Inside a kfp task, the executor has already attached its own handler to the root logger:
+    it is replaced, so that every record is printed once, in one format, redacted."""
     root = logging.getLogger()
+    for handler in list(root.handlers):
+        fmt = getattr(handler.formatter, "_fmt", None) or ""
+        if fmt.startswith(KFP_EXECUTOR_FORMAT):
+            root.removeHandler(handler)
     if any(isinstance(f, RedactSecrets) for h in root.handlers for f in h.filters):
         return
     handler = logging.StreamHandler(sys.stderr)

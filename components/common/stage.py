@@ -47,7 +47,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from components.common import artifacts, lineage, storage
+from components.common import artifacts, hardware, lineage, storage
 from components.common.artifacts import ArtifactKind
 from components.common.config import (
     ConfigError,
@@ -207,13 +207,17 @@ class Stage:
         self.check_inputs(inputs)
         ctx = ctx.model_copy(update={"input_digests": {name: storage.digest(uri) for name, uri in inputs.items()}})
         run = self.run_function()
-        with ctx.tracked(self.name) as tracker:
+        # a GPU stage first checks the node's driver, and records its GPUs and peak GPU memory
+        with (hardware.gpu_stage() if self.image == "cuda" else contextlib.nullcontext()) as gpu, \
+                ctx.tracked(self.name) as tracker:
             tracker.log_params(cfg.model_dump(mode="json"))
             tracker.set_tags({"sidreasoner.seed": str(ctx.seed)})
             for name, path in inputs.items():
                 tracker.log_dataset(name, ctx.uri_of(name, path), ctx.input_digests[name], context="input")
             log.info("%s: starting (run %s)", self.name, ctx.run_key)
             metadata = run(cfg, ctx, inputs, outputs, tracker)
+            if gpu is not None and gpu.stats() and "stats" in outputs:
+                metadata.setdefault("stats", {}).update(gpu.stats())
             for name, path in outputs.items():
                 meta = metadata.setdefault(name, {})
                 meta.setdefault("digest", storage.digest(path))

@@ -119,6 +119,14 @@ def _decoding_stats(decoded: Mapping[str, list[Decoded]], valid_counts: Mapping[
     return stats
 
 
+def _reasoning_tokens_per_s(decoded: Mapping[str, list[Decoded]]) -> float | None:
+    """Reasoning tokens generated per second of thinking-mode decoding (per decoder: shards add
+    up their time); None without thinking mode."""
+    rows = decoded.get("thinking", [])
+    seconds = sum(d.latency_s for d in rows)
+    return sum(d.reasoning_tokens or 0 for d in rows) / seconds if rows and seconds else None
+
+
 def production_model(cfg: EvaluateConfig, inputs: Mapping[str, str], catalog: Catalog,
                      cache_dir: Path | None) -> tuple[Path | None, list[str], dict[str, Any]]:
     """The production model's folder when this run scores it beside the model under test (else
@@ -199,6 +207,7 @@ def run(cfg: EvaluateConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
         "engine": cfg.engine, "shards": cfg.shards, "modes": list(cfg.modes),
         "targets_outside_catalog": int((~rows["target"].isin(set(catalog.item_ids))).sum()),
         "decoding": _decoding_stats(decoded, valid_counts), "production": production,
+        "tokens_per_s": _reasoning_tokens_per_s(decoded),
         "metrics": metrics.to_dict(orient="records"),
     }
     titles = {item: catalog.title(item) for item in catalog.sid_of}

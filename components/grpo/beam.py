@@ -76,16 +76,18 @@ class HfEngine:
     """Reasoning and SID beams on a transformers model (the training model on a CPU or without vLLM)."""
 
     def __init__(self, model_context: Callable[[], contextlib.AbstractContextManager], generation_config: Any,
-                 trie: SidTrie, pad_token_id: int, beam_rows: int):
+                 trie: SidTrie, pad_token_id: int, beam_rows: int, generation_rows: int):
         self.model_context, self.generation_config, self.trie = model_context, generation_config, trie
-        self.pad_token_id, self.beam_rows = pad_token_id, beam_rows
+        self.pad_token_id, self.beam_rows, self.generation_rows = pad_token_id, beam_rows, generation_rows
         self.model: Any = None
 
     @classmethod
     def for_trainer(cls, trainer: Any, trie: SidTrie) -> HfEngine:
         """The engine on a GRPOTrainer's model: unwrapped (ZeRO-3 parameters gathered, gradient
         checkpointing off) as TRL does for its own generation; beam batches of about
-        ``per_device_train_batch_size`` rows."""
+        ``per_device_train_batch_size`` rows, reasoning sampled in ``generate`` calls of at most
+        the trainer's ``hf_generation_batch_size`` sequences
+        (:class:`components.common.training.hf_generation.BoundedGenerationGRPOTrainer`)."""
         from trl.models.utils import unwrap_model_for_generation
 
         def context() -> contextlib.AbstractContextManager:
@@ -94,7 +96,7 @@ class HfEngine:
                                                gradient_checkpointing_kwargs=trainer.args.gradient_checkpointing_kwargs)
 
         return cls(context, trainer.generation_config, trie, trainer.processing_class.pad_token_id,
-                   trainer.args.per_device_train_batch_size)
+                   trainer.args.per_device_train_batch_size, trainer.hf_generation_batch_size)
 
     @contextlib.contextmanager
     def session(self) -> Iterator[None]:
@@ -111,20 +113,27 @@ class HfEngine:
 
     def sample(self, prompt_ids: Sequence[Sequence[int]], n: int, max_tokens: int,
                stop_ids: Sequence[int]) -> list[list[list[int]]]:
-        """``n`` sampled continuations of each prompt, each cut after its first stop token."""
-        input_ids, attention = left_pad(prompt_ids, self.pad_token_id)
-        width = input_ids.shape[1]
+        """``n`` sampled continuations of each prompt, each cut after its first stop token; the
+        prompts go to ``generate`` in chunks of at most ``generation_rows`` sequences (n per
+        prompt; at least one prompt per call), which bounds the KV cache on a GPU."""
         config = copy.deepcopy(self.generation_config)
         config.max_new_tokens, config.num_return_sequences, config.eos_token_id = max_tokens, n, list(stop_ids)
         device = next(self.model.parameters()).device
-        out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                  generation_config=config)
         stops = set(stop_ids)
-        rows = []
-        for row in out[:, width:].tolist():  # unfinished rows run to max_tokens; finished ones are padded
-            end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
-            rows.append(row[:end])
-        return [rows[i * n:(i + 1) * n] for i in range(len(prompt_ids))]
+        per_call = max(1, self.generation_rows // n)
+        result = []
+        for start in range(0, len(prompt_ids), per_call):
+            chunk = prompt_ids[start:start + per_call]
+            input_ids, attention = left_pad(chunk, self.pad_token_id)
+            width = input_ids.shape[1]
+            out = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                      generation_config=config)
+            rows = []
+            for row in out[:, width:].tolist():  # unfinished rows run to max_tokens; finished ones are padded
+                end = next((i + 1 for i, token in enumerate(row) if token in stops), len(row))
+                rows.append(row[:end])
+            result += [rows[i * n:(i + 1) * n] for i in range(len(chunk))]
+        return result
 
     def beam(self, prefixes: Sequence[Sequence[int]], width: int) -> list[RankedSids]:
         return constrained_beam_search_ids(self.model, prefixes, self.trie, pad_token_id=self.pad_token_id,

@@ -3,7 +3,7 @@
 Defaults are the recipe's: 16 rollouts per prompt, 256 prompts (4,096 rollouts) per optimizer
 step with one update per generation batch (on-policy), clip 0.2, group-normalised advantages,
 KL to the reference model as a loss with coefficient 0.001 (TRL's k3 estimator, the recipe's
-``low_var_kl``), lr 5e-7 constant, weight decay 0.01, gradient checkpointing, temperature 1.0,
+``low_var_kl``: not multiplied by the importance ratio, ``kl_importance_correction``), lr 5e-7 constant, weight decay 0.01, gradient checkpointing, temperature 1.0,
 top-p 1, no top-k, prompts and responses up to 1,024 tokens, about 100 steps; reward = prefix
 reward 0.25 / 0.5 / 1.0 + 0.1 for a real catalog SID. The second reward mode, ``beam_rank``
 (trie-constrained beam rollouts with an exact-match rank reward), is the later SIDReasoner

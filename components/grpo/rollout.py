@@ -3,7 +3,8 @@ colocated with training, or a ``trl vllm-serve`` server on GPUs of its own.
 
 The trainer code is the same for all three; only GRPOConfig's ``use_vllm`` / ``vllm_mode`` /
 ``vllm_server_base_url`` differ. In server mode without a configured URL the stage starts the
-server itself on its first ``vllm_server_gpus`` GPUs and trains on the remaining ones.
+server itself on its first ``rollout.server.tensor_parallel_size`` GPUs and trains on the
+remaining ones.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from components.common import hardware
 from components.common.config import ConfigError
 from components.grpo.config import GRPOStageConfig
 
@@ -48,28 +50,27 @@ def plan_rollouts(cfg: GRPOStageConfig, gpus: int, prefix: str = "grpo") -> Roll
                           "(the GPU image installs the 'gpu' extra: pip install 'sidreasoner[gpu]')")
     if rollout.vllm_mode == "colocate":
         return RolloutPlan(engine="vllm", vllm_mode="colocate", train_gpus=list(range(gpus)))
-    if rollout.vllm_server_base_url is not None:
-        return RolloutPlan(engine="vllm", vllm_mode="server", server_url=rollout.vllm_server_base_url,
+    server = rollout.server
+    if server.base_url is not None:
+        return RolloutPlan(engine="vllm", vllm_mode="server", server_url=server.base_url,
                            train_gpus=list(range(gpus)))
-    if rollout.vllm_server_gpus >= gpus:
-        raise ConfigError(f"{prefix}.rollout.vllm_server_gpus: {rollout.vllm_server_gpus} GPU(s) for the vLLM "
-                          f"server leaves none of the {gpus} visible GPU(s) for training")
-    if rollout.vllm_server_gpus % rollout.vllm_tensor_parallel_size:
-        raise ConfigError(f"{prefix}.rollout.vllm_server_gpus ({rollout.vllm_server_gpus}) must be a multiple of "
-                          f"vllm_tensor_parallel_size ({rollout.vllm_tensor_parallel_size})")
-    return RolloutPlan(engine="vllm", vllm_mode="server", server_url=f"http://127.0.0.1:{rollout.vllm_server_port}",
-                       server_gpus=list(range(rollout.vllm_server_gpus)),
-                       train_gpus=list(range(rollout.vllm_server_gpus, gpus)))
+    if server.tensor_parallel_size >= gpus:
+        raise ConfigError(f"{prefix}.rollout.server.tensor_parallel_size: {server.tensor_parallel_size} GPU(s) for "
+                          f"the vLLM server leaves none of the {gpus} visible GPU(s) for training")
+    return RolloutPlan(engine="vllm", vllm_mode="server", server_url=f"http://127.0.0.1:{server.port}",
+                       server_gpus=list(range(server.tensor_parallel_size)),
+                       train_gpus=list(range(server.tensor_parallel_size, gpus)))
 
 
-def vllm_server_command(cfg: GRPOStageConfig, model_dir: str, num_gpus: int) -> list[str]:
-    """``trl vllm-serve`` for ``model_dir`` over ``num_gpus`` GPUs (tensor x data parallel)."""
+def vllm_server_command(cfg: GRPOStageConfig, model_dir: str) -> list[str]:
+    """``trl vllm-serve`` for ``model_dir``: one tensor-parallel group over the server's GPUs, its
+    own memory share (RolloutConfig.server). No data parallelism: TRL 1.16's vllm-serve refuses it
+    for dense models."""
     rollout = cfg.rollout
     return [sys.executable, "-m", "trl.scripts.vllm_serve", "--model", model_dir,
-            "--tensor_parallel_size", str(rollout.vllm_tensor_parallel_size),
-            "--data_parallel_size", str(num_gpus // rollout.vllm_tensor_parallel_size),
-            "--host", "127.0.0.1", "--port", str(rollout.vllm_server_port),
-            "--gpu_memory_utilization", str(rollout.vllm_gpu_memory_utilization),
+            "--tensor_parallel_size", str(rollout.server.tensor_parallel_size), "--data_parallel_size", "1",
+            "--host", "127.0.0.1", "--port", str(rollout.server.port),
+            "--gpu_memory_utilization", str(rollout.server.gpu_memory_utilization),
             "--max_model_len", str(rollout.max_prompt_length + rollout.max_completion_length),
             "--dtype", "bfloat16" if cfg.bf16 else "float32"]
 
@@ -78,13 +79,13 @@ def vllm_server_command(cfg: GRPOStageConfig, model_dir: str, num_gpus: int) -> 
 def vllm_server(plan: RolloutPlan, cfg: GRPOStageConfig, model_dir: str) -> Iterator[None]:
     """Run the server of ``plan`` (if the stage starts one) for the duration of training.
 
-    The trainer waits for it (``vllm_server_timeout``) and pushes updated weights to it.
+    The trainer waits for it (``rollout.server.timeout``) and pushes updated weights to it.
     """
     if not plan.server_gpus:
         yield
         return
-    cmd = vllm_server_command(cfg, model_dir, len(plan.server_gpus))
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, plan.server_gpus)))
+    cmd = vllm_server_command(cfg, model_dir)
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(plan.server_gpus))
     log.info("starting vLLM server on GPU(s) %s: %s", plan.server_gpus, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:

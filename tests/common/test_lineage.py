@@ -85,3 +85,45 @@ def test_secrets_never_reach_params(mlflow_server, monkeypatch):
     assert "sk-very-secret" not in run.data.params["oops"]
     path = client.download_artifacts(run_id, "sample.json")
     assert "sk-very-secret" not in open(path).read()
+
+
+def test_stages_starting_together_converge_on_one_parent(mlflow_server, monkeypatch):
+    """Two root tasks of one run (previous_model and ingest) start at once: both find no parent
+    and both create one. They end under one parent, and the other is deleted."""
+    import threading
+
+    barrier = threading.Barrier(2)
+    find = lineage.find_parent_run
+    first_lookup = threading.local()
+
+    def racing_find(experiment_id, run_key):
+        if not getattr(first_lookup, "done", False):  # each thread's first lookup: both see none
+            first_lookup.done = True
+            barrier.wait(timeout=30)
+            return None
+        return find(experiment_id, run_key)
+
+    monkeypatch.setattr(lineage, "find_parent_run", racing_find)
+    errors = []
+
+    def stage(name: str) -> None:
+        try:
+            with _ctx(mlflow_server, "kfp-run-race", final="promote").tracked(name) as tracker:
+                tracker.log_metrics({"done": 1})
+        except BaseException as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=stage, args=(name,)) for name in ("previous_model", "ingest")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors, errors
+    client = _client(mlflow_server)
+    exp = client.get_experiment_by_name("lineage-test")
+    parents = lineage.parent_runs(exp.experiment_id, "kfp-run-race")
+    assert len(parents) == 1  # the other parent was deleted
+    children = client.search_runs([exp.experiment_id],
+                                  filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
+    assert {r.data.tags[lineage.TAG_STAGE] for r in children} == {"previous_model", "ingest"}
+    assert parents[0].info.status == "RUNNING"  # neither is the final stage

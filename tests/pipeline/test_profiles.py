@@ -24,6 +24,9 @@ GPU_PROFILES = {"games": ("games-qwen3-1.7b", "Video_Games"),
                 "industrial": ("industrial-qwen3-1.7b", "Industrial_and_Scientific")}
 #: CPU profiles of this machine (local data, local MLflow store).
 LOCAL_PROFILES = ("demo", "office-tiny")
+#: The GPU smoke run: one GPU per GPU stage, no download (README "GPU").
+SMOKE_PROFILE = "smoke-gpu"
+SMOKE_GPU_STAGES = ("sid_quantize", "align_sft", "reason_sft", "grpo", "evaluate")
 #: The only settings in which the GPU profiles may differ: what names the dataset.
 DATASET_KEYS = {"run.name", "ingest.files.reviews", "ingest.files.meta", "tracking.experiment",
                 "retrain.registered_model"}
@@ -56,7 +59,8 @@ def cluster_facts() -> dict[str, Any]:
     taint, effect = data["gpu-taint"].split(":")
     key, value = taint.split("=")
     return {"label": data["gpu-node-label-key"], "pools": set(data["gpu-node-pools"].split()),
-            "taint": {"key": key, "value": value, "effect": effect}, "shm": data["dshm-size"]}
+            "taint": {"key": key, "value": value, "effect": effect}, "shm": data["dshm-size"],
+            "driver": data["gpu-driver-min-version"], "cuda": data["gpu-image-cuda-version"]}
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +77,7 @@ def compiled(tmp_path_factory) -> dict[str, tuple[RunConfig, dict, dict]]:
 
 
 def test_every_profile_is_either_a_cpu_or_a_gpu_profile():
-    assert sorted(PROFILES) == sorted([*LOCAL_PROFILES, *gpu_profile_names()])
+    assert sorted(PROFILES) == sorted([*LOCAL_PROFILES, *gpu_profile_names(), SMOKE_PROFILE])
 
 
 @pytest.mark.parametrize("profile", gpu_profile_names())
@@ -245,3 +249,72 @@ def test_office_tiny_ingests_the_shared_pack(office_pack, tmp_path):
     assert (samples.loc[samples["split"] == "test", "timestamp"] >= 9732 - 974).all()
     assert cfg.sid_quantize.capacity >= 4 * len(items)
     assert cfg.evaluate.max_examples is None  # the whole test split
+
+
+# ----------------------------------------------------------------------------------------------
+# The GPU node requirement and the GPU smoke profile
+# ----------------------------------------------------------------------------------------------
+
+
+def test_the_driver_requirement_is_the_images_cuda(cluster_facts):
+    """manifests/ states the driver the GPU images need; the stages check the same floor, and
+    the CUDA lock's user-space libraries are the CUDA it is the floor of."""
+    from components.common import hardware
+
+    assert int(cluster_facts["driver"]) == hardware.MIN_DRIVER_MAJOR
+    assert int(cluster_facts["cuda"]) == hardware.IMAGE_CUDA_MAJOR
+    lock = (REPO / "requirements" / "image-cuda.lock.txt").read_text()
+    runtime = next(line for line in lock.splitlines() if line.startswith("nvidia-cuda-runtime=="))
+    assert runtime.split("==")[1].split(".")[0] == str(hardware.IMAGE_CUDA_MAJOR)
+    readme = (REPO / "README.md").read_text()
+    assert f"driver >= {hardware.MIN_DRIVER_MAJOR}" in readme
+
+
+def test_smoke_gpu_asks_one_gpu_per_gpu_task(compiled, cluster_facts):
+    """``sidreasoner compile --config smoke-gpu``: one GPU for every GPU stage, on the clusters'
+    GPU pools; CPU stages stay off them."""
+    cfg, spec, platform = compiled[SMOKE_PROFILE]
+    assert cfg.requested_gpus() == {stage: int(stage in SMOKE_GPU_STAGES) for stage in STAGES}
+    cfg.check_hardware(cfg.requested_gpus())
+    executors = spec["deploymentSpec"]["executors"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    for stage in cfg.dag_stages():
+        resources = executors[f"exec-{task_name(stage)}"]["container"]["resources"]
+        selector = k8s[f"exec-{task_name(stage)}"].get("nodeSelector", {}).get("labels", {})
+        if stage in SMOKE_GPU_STAGES:
+            assert resources["accelerator"]["count"] == "1"
+            assert selector[cluster_facts["label"]] in cluster_facts["pools"]
+            assert k8s[f"exec-{task_name(stage)}"]["emptyDirMounts"][0]["sizeLimit"] == cluster_facts["shm"]
+        else:
+            assert "accelerator" not in resources and selector == {}
+    # on a cluster only the run's own locations change: data, stores
+    ready, _ = load_config(SMOKE_PROFILE, ["ingest.source=gs://b/demo-data", "storage.cache_uri=gs://b/cache",
+                                           "storage.pipeline_root=gs://b/root", "tracking.uri=http://mlflow:5000"])
+    assert ready.cluster_problems() == []
+
+
+def test_smoke_gpu_runs_every_gpu_path_of_the_paper_profiles():
+    """What the paper profiles run on GPUs, the smoke profile runs too, at a size done in minutes:
+    ZeRO-2 launches with bf16 and gradient checkpointing, colocated vLLM GRPO rollouts, vLLM
+    thinking-mode evaluation with the trie processor; Qwen3-1.7B's architecture, no download."""
+    smoke, _ = load_config(SMOKE_PROFILE)
+    paper, _ = load_config(GPU_PROFILES["office"][0])
+    for stage in TRAINING_STAGES:
+        mine, theirs = getattr(smoke, stage), getattr(paper, stage)
+        assert (mine.launch.strategy, mine.bf16, mine.gradient_checkpointing) == \
+            (theirs.launch.strategy, theirs.bf16, theirs.gradient_checkpointing) == ("zero2", True, True)
+        assert mine.max_steps is not None and mine.max_steps <= 60
+    for section in ("grpo",):
+        mine, theirs = getattr(smoke, section).rollout, getattr(paper, section).rollout
+        assert (mine.engine, mine.vllm_mode, mine.vllm_gpu_memory_utilization) == \
+            (theirs.engine, theirs.vllm_mode, theirs.vllm_gpu_memory_utilization)
+    assert smoke.grpo.reward.mode == paper.grpo.reward.mode == "prefix"  # make smoke-gpu adds beam_rank
+    assert smoke.grpo.beta > 0  # the reference model too
+    ev = smoke.evaluate
+    assert (ev.engine, ev.device, ev.dtype) == (paper.evaluate.engine, paper.evaluate.device, paper.evaluate.dtype)
+    assert "thinking" in ev.modes and ev.max_examples is not None
+    backbone = smoke.align_sft.backbone
+    assert backbone.uri is None and backbone.from_config.architecture == "qwen3-1.7b"
+    assert backbone.from_config.head_dim is None  # Qwen3's 128
+    assert smoke.sid_quantize.encoder.model.startswith("builtin:") and smoke.teacher_corpus.teacher.backend == "offline"
+    assert smoke.sid_quantize.device == smoke.sid_quantize.encoder.device == "cuda"

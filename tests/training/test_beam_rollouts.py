@@ -106,11 +106,11 @@ def texts(tokenizer, n: int) -> list[str]:
     return [prompts.render_prompt(tokenizer, prompts.reasoning_messages(CATALOG[i:i + 2])) for i in range(n)]
 
 
-def hf_engine(tiny, rollout: beam.BeamRollout, **generation) -> beam.HfEngine:
+def hf_engine(tiny, rollout: beam.BeamRollout, generation_rows: int = 64, **generation) -> beam.HfEngine:
     config = GenerationConfig(do_sample=True, temperature=1.0, top_p=1.0, top_k=0,
                               pad_token_id=tiny.tokenizer.pad_token_id, **generation)
     return beam.HfEngine(lambda: contextlib.nullcontext(tiny.model), config, rollout.trie, tiny.tokenizer.pad_token_id,
-                         beam_rows=8)
+                         beam_rows=8, generation_rows=generation_rows)
 
 
 def check_rollout(out: dict, rollout: beam.BeamRollout, tokenizer, prompt_texts: list[str], group: int,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from components.align_sft.config import AlignSFTConfig, BackboneConfig, TinyBackboneConfig
+from components.align_sft.config import AlignSFTConfig, BackboneConfig, ConfigBackboneConfig, TinyBackboneConfig
 from components.common.config import ConfigError, ResourceSpec, load_yaml, parse_section
 from components.common.training.settings import CheckpointConfig, LaunchConfig, RolloutConfig
 from components.grpo.config import GRPOStageConfig, RewardConfig
@@ -74,9 +74,13 @@ BAD = [
      "does not load; use rollout.vllm_mode 'colocate'"),
     (GRPOStageConfig, {"reward": {"mode": "beam_rank"}, "rollout": {"vllm_tensor_parallel_size": 2}},
      "vllm_tensor_parallel_size must be 1"),
-    (RolloutConfig, {"vllm_server_base_url": "http://vllm:8000"}, "only used with vllm_mode 'server'"),
+    (RolloutConfig, {"server": {"base_url": "http://vllm:8000"}}, "server: only used with vllm_mode 'server'"),
+    (RolloutConfig, {"vllm_mode": "server", "server": {"gpu_memory_utilization": 0.99}}, "less than or equal to 0.95"),
+    (RolloutConfig, {"hf_generation_batch_size": 0}, "greater than or equal to 1"),
     (BackboneConfig, {}, "exactly one of uri"),
     (BackboneConfig, {"uri": "/m", "tiny": {}}, "exactly one of uri"),
+    (BackboneConfig, {"tiny": {}, "from_config": {}}, "exactly one of uri"),
+    (ConfigBackboneConfig, {"num_heads": 6, "num_kv_heads": 4}, "divisible by num_kv_heads"),
     (TinyBackboneConfig, {"hidden_size": 66, "num_heads": 4}, "divisible by num_heads"),
     (AlignSFTConfig, {"backbone": {"uri": "/m"}, "eval_strategy": "steps"}, "eval_steps: required"),
     (AlignSFTConfig, {"backbone": {"uri": "/m"}, "eval_strategy": "no"}, "early_stopping_patience: needs"),

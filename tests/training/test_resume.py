@@ -24,10 +24,12 @@ from tests.training.conftest import context, weights
 MAX_STEPS = 40
 
 
-def profile(tmp: Path, checkpoints: str) -> dict:
+def profile(tmp: Path, checkpoints: str | None) -> dict:
+    """The job's profile; checkpoints under ``checkpoints``, or (None) under the cache, keyed by the job."""
     return {
         "run": {"name": "resume-test", "seed": 42},
         "tracking": {"experiment": "resume"},
+        "storage": {"cache_uri": str(tmp / "cache")},
         "align_sft": {
             "backbone": {"tiny": {"vocab_size": 400}}, "learning_rate": 3e-3, "warmup_steps": 0,
             "max_steps": MAX_STEPS, "global_batch_size": 8, "per_device_batch_size": 4, "max_length": 512,
@@ -44,28 +46,30 @@ def cli(config: Path, out: Path, tracking_uri: str, synthetic: dict[str, str]) -
             "--sid-map", synthetic["sid_map"], "--corpus", synthetic["corpus"]]
 
 
-def wait_for_checkpoint(proc: subprocess.Popen, uri: str, timeout: float) -> list[int]:
+def wait_for_checkpoint(proc: subprocess.Popen, stage_root: Path, timeout: float) -> str:
+    """The job folder under ``stage_root`` once it holds a complete checkpoint."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        steps = published.complete(uri)
-        if steps:
-            return steps
+        for job in stage_root.glob("*"):
+            if published.complete(str(job)):
+                return str(job)
         assert proc.poll() is None, f"the run ended (exit {proc.returncode}) before publishing a checkpoint"
         time.sleep(0.05)
-    raise TimeoutError(f"no checkpoint in {uri} after {timeout}s")
+    raise TimeoutError(f"no checkpoint under {stage_root} after {timeout}s")
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tmp_path, synthetic, tracking_uri):
-    checkpoints = str(tmp_path / "checkpoints")
+    """Re-running the same command resumes: checkpoints are keyed by what the job is, not by
+    the (timestamped) run of the CLI."""
     config = tmp_path / "profile.yaml"
-    config.write_text(yaml.safe_dump(profile(tmp_path, checkpoints)))
+    config.write_text(yaml.safe_dump(profile(tmp_path, None)))
     out = tmp_path / "out"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[2]))
     log = open(tmp_path / "first.log", "wb")
     first = subprocess.Popen(cli(config, out, tracking_uri, synthetic), env=env, stdout=log, stderr=subprocess.STDOUT,
                              start_new_session=True)
     try:
-        wait_for_checkpoint(first, checkpoints, timeout=300)
+        checkpoints = wait_for_checkpoint(first, tmp_path / "cache" / "checkpoints" / "align_sft", timeout=300)
     finally:
         if first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)

@@ -3,6 +3,8 @@ initialised from the trained ones wherever their ids fall."""
 
 from __future__ import annotations
 
+import json
+
 import torch
 
 from components.common import artifacts, modeling, prompts, sid
@@ -67,3 +69,27 @@ def test_sid_rows_inside_an_oversized_embedding_start_from_the_trained_rows(tmp_
         mean = weight[:trained].mean(0)
         assert torch.allclose(weight[new_ids], mean.expand(len(new_ids), -1), atol=1e-3)
         assert (weight[trained + 24:] == 100.0).all()  # rows no token uses stay as they were
+
+
+def test_a_backbone_without_a_pad_token_pads_with_eos(tmp_path):
+    """Many causal LMs ship no pad token; the extended backbone pads with EOS (GRPO's and the
+    decoders' left padding need an id), and one with neither is refused by name."""
+    import pytest
+
+    from components.common.config import ConfigError
+
+    tiny = backbone.build_tiny_backbone(tmp_path / "tiny", ["Blue gel pen, fine point"] * 20, vocab_size=300, seed=1)
+    model, tok = modeling.load_causal_lm(tiny)
+    tok.pad_token = None
+    model.save_pretrained(tmp_path / "no-pad")
+    tok.save_pretrained(tmp_path / "no-pad")
+    backbone.extend_with_sids(tmp_path / "no-pad", tmp_path / "out", sid.vocabulary([2, 2, 2]), tmp_path / "cache")
+    _, extended = modeling.load_causal_lm(tmp_path / "out")
+    assert extended.pad_token == extended.eos_token == "<|im_end|>"
+    assert json.loads((tmp_path / "out" / "generation_config.json").read_text())["pad_token_id"] == \
+        extended.eos_token_id
+    tok.eos_token = None
+    tok.save_pretrained(tmp_path / "no-pad")
+    with pytest.raises(ConfigError, match="its tokenizer has neither a pad nor an EOS token"):
+        backbone.extend_with_sids(tmp_path / "no-pad", tmp_path / "out2", sid.vocabulary([2, 2, 2]),
+                                  tmp_path / "cache")

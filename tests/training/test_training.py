@@ -12,7 +12,7 @@ from components.common import storage
 from components.common.config import ConfigError, parse_section
 from components.common.training import checkpoints, launch
 from components.common.training.grpo import RewardSetup, grpo_arguments
-from components.common.training.settings import LaunchConfig, TrainerSettings
+from components.common.training.settings import GRPOSettings, LaunchConfig, TrainerSettings, settings_of
 from components.grpo import rollout
 from components.grpo.config import GRPOStageConfig
 
@@ -105,27 +105,64 @@ def test_rollout_plans(monkeypatch):
     colocate = rollout.plan_rollouts(GRPOStageConfig(), gpus=4)
     assert (colocate.engine, colocate.vllm_mode, colocate.train_gpus, colocate.server_gpus) == \
         ("vllm", "colocate", [0, 1, 2, 3], [])
-    served = GRPOStageConfig(rollout={"vllm_mode": "server", "vllm_server_gpus": 2, "vllm_tensor_parallel_size": 2})
+    served = GRPOStageConfig(rollout={"vllm_mode": "server", "server": {"tensor_parallel_size": 2}})
     plan = rollout.plan_rollouts(served, gpus=4)
     assert (plan.server_gpus, plan.train_gpus, plan.server_url) == ([0, 1], [2, 3], "http://127.0.0.1:8000")
-    external = GRPOStageConfig(rollout={"vllm_mode": "server", "vllm_server_base_url": "http://vllm:8000"})
+    external = GRPOStageConfig(rollout={"vllm_mode": "server", "server": {"base_url": "http://vllm:8000"}})
     assert rollout.plan_rollouts(external, gpus=2).train_gpus == [0, 1]
-    with pytest.raises(ConfigError, match="leaves none of the 2 visible GPU"):
-        rollout.plan_rollouts(GRPOStageConfig(rollout={"vllm_mode": "server", "vllm_server_gpus": 2}), gpus=2)
+    with pytest.raises(ConfigError, match=r"grpo.rollout.server.tensor_parallel_size: 2 GPU\(s\) for the vLLM server "
+                                          r"leaves none of the 2 visible GPU"):
+        rollout.plan_rollouts(GRPOStageConfig(rollout={"vllm_mode": "server", "server": {"tensor_parallel_size": 2}}),
+                              gpus=2)
     hf_on_gpu = rollout.plan_rollouts(GRPOStageConfig(rollout={"engine": "hf"}), gpus=2)
     assert (hf_on_gpu.engine, hf_on_gpu.train_gpus) == ("hf", [0, 1])
+
+
+def test_server_mode_has_its_own_settings():
+    """A dedicated server GPU gets vLLM's whole-GPU share, not the colocated engine's 0.3 of a
+    training GPU; its GPUs are one tensor-parallel group (TRL's vllm-serve refuses data
+    parallelism for dense models)."""
+    from trl.scripts.vllm_serve import ScriptArguments
+
+    served = GRPOStageConfig(rollout={"vllm_mode": "server"})
+    assert served.rollout.vllm_gpu_memory_utilization == 0.3  # the colocated engine's share
+    assert served.rollout.server.gpu_memory_utilization == 0.9 == ScriptArguments.gpu_memory_utilization
+    assert served.rollout.server.tensor_parallel_size == 1 and ScriptArguments.data_parallel_size == 1
+    assert "keep this at 1" in ScriptArguments.__dataclass_fields__["data_parallel_size"].metadata["help"]
+    with pytest.raises(ValueError, match="server: only used with vllm_mode 'server'"):
+        GRPOStageConfig(rollout={"server": {"gpu_memory_utilization": 0.5}})
+    with pytest.raises(ValueError, match="server.base_url: set, but engine is 'hf'"):
+        GRPOStageConfig(rollout={"engine": "hf", "vllm_mode": "server", "server": {"base_url": "http://v:8000"}})
+    # the engine settings a stage hands its training processes keep the server section
+    assert settings_of(served, GRPOSettings).rollout.server == served.rollout.server
 
 
 def test_vllm_server_command_parses_as_trl_vllm_serve():
     from trl.scripts.vllm_serve import make_parser
 
-    cfg = GRPOStageConfig(rollout={"vllm_mode": "server", "vllm_server_gpus": 2, "vllm_server_port": 8123,
-                                   "vllm_gpu_memory_utilization": 0.85})
-    cmd = rollout.vllm_server_command(cfg, "/models/reasoning", num_gpus=2)
+    cfg = GRPOStageConfig(rollout={"vllm_mode": "server", "vllm_gpu_memory_utilization": 0.25,
+                                   "server": {"tensor_parallel_size": 2, "port": 8123, "gpu_memory_utilization": 0.85}})
+    cmd = rollout.vllm_server_command(cfg, "/models/reasoning")
     assert cmd[1:3] == ["-m", "trl.scripts.vllm_serve"]
     (args,) = make_parser().parse_args_and_config(cmd[3:])
     assert (args.model, args.port, args.data_parallel_size, args.tensor_parallel_size, args.gpu_memory_utilization,
-            args.max_model_len, args.dtype) == ("/models/reasoning", 8123, 2, 1, 0.85, 2048, "bfloat16")
+            args.max_model_len, args.dtype) == ("/models/reasoning", 8123, 1, 2, 0.85, 2048, "bfloat16")
+
+
+def test_the_kl_term_is_the_recipes_low_var_kl_unless_asked(tmp_path):
+    """TRL 1.16 multiplies the k3 KL by the importance ratio by default (use_bias_correction_kl);
+    the recipe's low_var_kl is the plain k3 term. Both through the GRPOConfig the engine builds."""
+    from trl import GRPOConfig
+
+    job = launch.TrainJob(entry="m:f", stage="grpo", payload={}, output_dir=str(tmp_path), final_dir=str(tmp_path),
+                          checkpoint_uri=str(tmp_path), checkpoint_every=10, keep_checkpoints=2)
+    assert GRPOConfig(output_dir=str(tmp_path), use_cpu=True).use_bias_correction_kl is True  # TRL's default
+    for setting in (False, True):
+        cfg = parse_section(GRPOStageConfig, {"bf16": False, "kl_importance_correction": setting}, "grpo")
+        args = GRPOConfig(**grpo_arguments(cfg, job, 256, use_vllm=False, vllm_server_url=None,
+                                           rewards=RewardSetup(funcs=[], weights=[1.0, 0.1])))
+        assert args.use_bias_correction_kl is setting
+    assert GRPOStageConfig().kl_importance_correction is False
 
 
 # ----------------------------------------------------------------------------------------------
@@ -186,13 +223,31 @@ def test_checkpoints_of_another_job_are_refused(tmp_path):
 
 def test_checkpoint_location_and_fingerprint():
     settings = TrainerSettings()
-    assert checkpoints.checkpoint_uri(settings, "gs://b/cache", "run-1", "grpo") == "gs://b/cache/checkpoints/run-1/grpo"
+    base = checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=42, code="abc")
+    assert checkpoints.checkpoint_uri(settings, "gs://b/cache", "grpo", base) == f"gs://b/cache/checkpoints/grpo/{base[:16]}"
     configured = TrainerSettings(checkpoint={"uri": "gs://b/ckpt"})
-    assert checkpoints.checkpoint_uri(configured, "gs://b/cache", "run-1", "grpo") == "gs://b/ckpt"
-    base = checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"})
-    assert base == checkpoints.job_fingerprint(TrainerSettings(), {"corpus": "sha256:1"})
-    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:2"})
-    assert base != checkpoints.job_fingerprint(TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"})
+    assert checkpoints.checkpoint_uri(configured, "gs://b/cache", "grpo", base) == "gs://b/ckpt"
+    assert base == checkpoints.job_fingerprint(TrainerSettings(), {"corpus": "sha256:1"}, seed=42, code="abc")
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:2"}, seed=42, code="abc")
+    assert base != checkpoints.job_fingerprint(TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"}, 42, "abc")
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=7, code="abc")
+    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=42, code="def")
+
+
+def test_the_cache_keeps_the_latest_jobs_of_a_stage(tmp_path):
+    root = tmp_path / "checkpoints" / "grpo"
+    for k, name in enumerate(["job-a", "job-b", "job-c", "job-d"]):
+        uri = str(root / name)
+        checkpoints.claim(uri, name, "grpo")
+        checkpoints.publish(fake_checkpoint(tmp_path / "local" / name, 5, None), uri, 5, keep=2, best_step=None)
+        final = tmp_path / "final" / name
+        final.mkdir(parents=True)
+        (final / "config.json").write_text("{}")
+        checkpoints.publish_final(final, uri)
+    checkpoints.claim(str(root / "job-a"), "job-a", "grpo")  # job-a ran again: it is the newest now
+    assert sorted(checkpoints.prune_jobs(str(root), keep=2)) == [str(root / "job-b"), str(root / "job-c")]
+    assert sorted(p.name for p in root.iterdir()) == ["job-a", "job-d"]
+    assert checkpoints.fetch_final(str(root / "job-a"), tmp_path / "reused")
 
 
 def test_final_model_is_reused_only_when_complete(tmp_path):
@@ -203,3 +258,18 @@ def test_final_model_is_reused_only_when_complete(tmp_path):
     (final / "config.json").write_text("{}")
     checkpoints.publish_final(final, uri)
     assert checkpoints.fetch_final(uri, tmp_path / "b") and (tmp_path / "b" / "config.json").is_file()
+
+
+def test_training_throughput_counts_the_tokens_of_this_run():
+    """tokens/s of the stage's run record: tokens since the resumed checkpoint over train_runtime,
+    from SFTTrainer's or GRPOTrainer's cumulative token counts."""
+    sft = {"log_history": [{"step": 10, "num_input_tokens_seen": 1000, "num_tokens": 10},
+                           {"step": 20, "num_input_tokens_seen": 2000, "num_tokens": 20},
+                           {"step": 20, "train_runtime": 4.0}]}  # TRL's SFT num_tokens restarts on resume
+    assert launch.training_tokens_per_s(sft) == 500.0
+    resumed = {"resumed_from_step": 10, **sft}
+    assert launch.training_tokens_per_s(resumed) == 250.0
+    grpo = {"log_history": [{"step": 1, "num_tokens": 300.0}, {"step": 2, "num_tokens": 600.0},
+                            {"step": 2, "train_runtime": 3.0}]}
+    assert launch.training_tokens_per_s(grpo) == 200.0
+    assert launch.training_tokens_per_s({"log_history": [{"step": 1, "train_runtime": 1.0}]}) is None

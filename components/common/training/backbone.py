@@ -91,6 +91,20 @@ def add_sid_tokens(model: Any, tokenizer: Any, tokens: Sequence[str]) -> list[in
     return new_ids
 
 
+def use_eos_for_padding(tokenizer: Any, source: str) -> None:
+    """A tokenizer without a pad token pads with its EOS token. Qwen3's has one
+    (``<|endoftext|>``), but many causal LMs' (Llama-style base models) have none, and the GRPO
+    trainer's and the decoders' left padding need an id. Padding positions are masked out of
+    attention and labels (the SFT labels come from the completion masks), so EOS is safe there."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ConfigError(f"backbone {source}: its tokenizer has neither a pad nor an EOS token; a causal LM "
+                          "needs an end token to stop generating")
+    tokenizer.pad_token = tokenizer.eos_token
+    log.info("backbone %s: no pad token; padding with the EOS token %r", source, tokenizer.eos_token)
+
+
 def save_backbone(model: Any, tokenizer: Any, out: str | Path, sid_tokens: Iterable[str] = ()) -> None:
     """``save_pretrained`` model + tokenizer (+ generation config) + the SID vocabulary file."""
     out = Path(out)
@@ -126,6 +140,68 @@ def build_tiny_backbone(out: str | Path, texts: Iterable[str], *, vocab_size: in
     return Path(out)
 
 
+#: Qwen3-1.7B's published architecture: its config.json on the Hugging Face hub (Qwen/Qwen3-1.7B,
+#: Apache-2.0), as in tests/fixtures/qwen3_1.7b_config.json, less the token ids and vocabulary
+#: size, which come from the tokenizer a backbone is built with.
+QWEN3_1_7B = {
+    "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"], "attention_bias": False, "attention_dropout": 0.0,
+    "head_dim": 128, "hidden_act": "silu", "hidden_size": 2048, "initializer_range": 0.02,
+    "intermediate_size": 6144, "max_position_embeddings": 40960, "max_window_layers": 28, "num_attention_heads": 16,
+    "num_hidden_layers": 28, "num_key_value_heads": 8, "rms_norm_eps": 1e-06, "rope_scaling": None,
+    "rope_theta": 1000000, "sliding_window": None, "tie_word_embeddings": True, "torch_dtype": "bfloat16",
+    "use_cache": True, "use_sliding_window": False,
+}
+#: Architectures a config-built backbone can name instead of a config.json URI.
+ARCHITECTURES = {"qwen3-1.7b": QWEN3_1_7B}
+#: Config-built backbone settings -> the HF config keys they set.
+SHAPE_KEYS = {"hidden_size": "hidden_size", "intermediate_size": "intermediate_size", "num_layers": "num_hidden_layers",
+              "num_heads": "num_attention_heads", "num_kv_heads": "num_key_value_heads", "head_dim": "head_dim",
+              "max_positions": "max_position_embeddings"}
+#: Keys of a published config that name its own tokenizer, not the one a backbone is built with.
+_TOKENIZER_KEYS = ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def architecture_config(architecture: str) -> dict[str, Any]:
+    """The HF config of ``architecture``: a built-in name (:data:`ARCHITECTURES`) or the URI of a
+    model's config.json (local or gs://)."""
+    if architecture in ARCHITECTURES:
+        return dict(ARCHITECTURES[architecture])
+    try:
+        config = storage.read_json(architecture)
+    except (storage.StorageError, ValueError) as exc:
+        raise ConfigError(f"backbone architecture {architecture!r}: neither a built-in one ({sorted(ARCHITECTURES)}) "
+                          f"nor a readable config.json ({exc})") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ConfigError(f"backbone architecture {architecture}: not a model config.json (no model_type)")
+    return config
+
+
+def build_config_backbone(out: str | Path, texts: Iterable[str], *, architecture: str = "qwen3-1.7b",
+                          vocab_size: int = 2000, seed: int = 0, **shape: int | None) -> Path:
+    """Write a randomly initialised model of a published architecture (``architecture``, its
+    sizes replaced by the set ``shape`` values: :data:`SHAPE_KEYS`), in the architecture's dtype,
+    with a tokenizer trained on ``texts`` (as the tiny backbone's). Everything else (attention
+    layout and head size, norms, RoPE, tied embeddings) is the real model's, so GPU kernels, vLLM
+    and DeepSpeed see what they will see with the real checkpoint, at a size built in seconds."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tokenizer = train_tokenizer(texts, vocab_size)
+    values = {k: v for k, v in architecture_config(architecture).items() if k not in _TOKENIZER_KEYS}
+    values.update({SHAPE_KEYS[k]: v for k, v in shape.items() if v is not None})
+    values.update(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                  eos_token_id=tokenizer.eos_token_id, bos_token_id=None)
+    dtype = values.pop("torch_dtype", None) or values.pop("dtype", None) or "float32"
+    config = AutoConfig.for_model(**values)
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(config).to(getattr(torch, dtype))
+    with storage.staged_dir(out) as tmp:
+        save_backbone(model, tokenizer, tmp)
+    log.info("%s backbone: %s params (%s), vocab %d -> %s", architecture,
+             f"{sum(p.numel() for p in model.parameters()):,}", dtype, len(tokenizer), out)
+    return Path(out)
+
+
 _ITEM_TEXT = ("title", "description", "brand")
 
 
@@ -154,6 +230,13 @@ def build_tiny(out: str | Path, items_uri: str, corpus_uri: str | None, *, seed:
     return build_tiny_backbone(out, backbone_texts(items_uri, corpus_uri), seed=seed, **shape)
 
 
+def build_from_config(out: str | Path, items_uri: str, corpus_uri: str | None, *, seed: int,
+                      **settings: Any) -> Path:
+    """A config-built backbone (:func:`build_config_backbone`) whose tokenizer is trained on the
+    catalog and corpus text."""
+    return build_config_backbone(out, backbone_texts(items_uri, corpus_uri), seed=seed, **settings)
+
+
 def check_backbone_uri(uri: str, key: str) -> None:
     """Config-time check of a backbone URI: it exists and holds a causal LM."""
     try:
@@ -169,6 +252,7 @@ def extend_with_sids(source: str | Path, out: Path, tokens: Sequence[str], cache
     import torch
 
     model, tokenizer = load_causal_lm(source, cache_dir=cache_dir)
+    use_eos_for_padding(tokenizer, str(source))
     before = len(tokenizer)
     torch.manual_seed(seed)
     new_ids = add_sid_tokens(model, tokenizer, tokens)

@@ -35,15 +35,18 @@ JOB_FILE, RESULT_FILE, FINAL = "job.json", "training_result.json", "final"
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)/" + re.escape(storage.MANIFEST) + "$")
 
 
-def checkpoint_uri(settings: TrainerSettings, cache_uri: str, run_key: str, stage: str) -> str:
-    """The configured checkpoint URI, else one derived from the cache root, run key and stage."""
-    return settings.checkpoint.uri or storage.join(cache_uri, "checkpoints", run_key or "adhoc", stage)
+def checkpoint_uri(settings: TrainerSettings, cache_uri: str, stage: str, fingerprint: str) -> str:
+    """The configured checkpoint URI, else ``<cache>/checkpoints/<stage>/<job>``: keyed by what the
+    work is, so the same command re-run after a kill resumes it (in a pipeline retry or by hand),
+    and a re-run of identical work reuses its finished model."""
+    return settings.checkpoint.uri or storage.join(cache_uri, "checkpoints", stage, fingerprint[:16])
 
 
-def job_fingerprint(section: BaseModel, inputs: Mapping[str, str]) -> str:
-    """Digest of what a training job depends on: its config and its inputs' content digests."""
-    payload = json.dumps({"config": section.model_dump(mode="json"), "inputs": dict(sorted(inputs.items()))},
-                         sort_keys=True)
+def job_fingerprint(section: BaseModel, inputs: Mapping[str, str], seed: int, code: str) -> str:
+    """Digest of what a training job depends on: its config, its inputs' content digests, the
+    seed and the code version."""
+    payload = json.dumps({"config": section.model_dump(mode="json"), "inputs": dict(sorted(inputs.items())),
+                          "seed": seed, "code": code}, sort_keys=True)
     return storage.bytes_digest(payload.encode()).split(":", 1)[1]
 
 
@@ -98,7 +101,8 @@ def drop_all(uri: str) -> None:
 
 
 def claim(uri: str, fingerprint: str, stage: str) -> None:
-    """Record (or check) which job the checkpoints under ``uri`` belong to."""
+    """Record (or check) which job the checkpoints under ``uri`` belong to, and when it last ran
+    (what :func:`prune_jobs` keeps by)."""
     marker = storage.join(uri, JOB_FILE)
     if storage.exists(marker):
         found = storage.read_json(marker)
@@ -107,8 +111,7 @@ def claim(uri: str, fingerprint: str, stage: str) -> None:
                 f"{stage}.checkpoint.uri: {uri} holds checkpoints of another job (config or inputs differ: "
                 f"fingerprint {found.get('fingerprint')} != {fingerprint}); point checkpoint.uri elsewhere "
                 "or delete that folder")
-        return
-    storage.write_json(marker, {"fingerprint": fingerprint, "stage": stage})
+    storage.write_json(marker, {"fingerprint": fingerprint, "stage": stage, "claimed_at": time.time()})
 
 
 def restore(uri: str, output_dir: Path) -> Path | None:
@@ -135,6 +138,24 @@ def restore(uri: str, output_dir: Path) -> Path | None:
 def publish_final(local: Path, uri: str) -> None:
     """Keep the finished model next to the checkpoints, so a restart after training skips it."""
     _publish_dir(local, storage.join(uri, FINAL))
+
+
+def prune_jobs(stage_root: str, keep: int) -> list[str]:
+    """Delete all but the ``keep`` most recently run jobs under ``stage_root`` (their checkpoints
+    and finished models); returns the job folders deleted."""
+    jobs = []
+    for name in sorted({f.split("/", 1)[0] for f in storage.list_files(stage_root) if "/" in f}):
+        marker = storage.join(stage_root, name, JOB_FILE)
+        claimed = storage.read_json(marker).get("claimed_at", 0) if storage.exists(marker) else 0
+        jobs.append((claimed, name))
+    doomed = [storage.join(stage_root, name) for _, name in sorted(jobs, reverse=True)[keep:]]
+    for job in doomed:
+        drop_all(job)  # checkpoints, then the finished model, each manifest first: never seen complete
+        _delete_dir(storage.join(job, FINAL))
+        _delete_dir(job)
+    if doomed:
+        log.info("checkpoint cache %s: removed %d older job(s), kept %d", stage_root, len(doomed), keep)
+    return doomed
 
 
 def fetch_final(uri: str, local: Path) -> bool:

@@ -45,6 +45,32 @@ def training_arguments(settings: TrainerSettings, job: TrainJob, gradient_accumu
     )
 
 
+def load_trained_model(path: str | Path) -> Any:
+    """The model a training process trains, loaded in fp32 whether or not ``bf16`` is set.
+
+    ``bf16: true`` means mixed precision, with fp32 master weights, under every launch strategy:
+
+    * DDP (and one process): accelerate's bf16 autocast runs the forward and backward in bf16
+      while the parameters, their gradients and AdamW's states stay in the dtype they were loaded
+      in. Loaded in bf16 there would be no fp32 copy anywhere, and the recipe's updates (lr 5e-7
+      for GRPO, 1e-5 for reasoning SFT) are far below bf16's resolution (8 significant bits: a
+      weight of 0.02 moves in steps of ~8e-5), so most of them would round to nothing.
+    * ZeRO-2/3: DeepSpeed casts the module's parameters to bf16 itself (the shipped configs'
+      ``bf16.enabled: "auto"`` is the Trainer's ``bf16``; deepspeed 0.19
+      ``engine._configure_distributed_model``) and keeps fp32 master partitions in its optimizer
+      (``single_partition_of_fp32_groups`` in ZeRO-2, ``fp32_partitioned_groups_flat`` in ZeRO-3),
+      whatever dtype the model was loaded in.
+
+    Refusing ``ddp`` + ``bf16`` instead would also be safe, but DDP is the strategy of a model
+    too small to shard, where fp32 masters cost little: 16 bytes per parameter with AdamW
+    (27 GB for Qwen3-1.7B, which tests/gpu/test_memory_probe.py measures against 80 GB GPUs).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+
+
 def numeric_logs(logs: Mapping[str, Any]) -> dict[str, float]:
     """The finite numbers of a Trainer log record."""
     return {k: float(v) for k, v in logs.items()

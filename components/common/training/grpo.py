@@ -72,7 +72,8 @@ def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use
         num_generations=settings.num_generations,
         max_completion_length=rollout.max_completion_length,
         temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
-        beta=settings.beta, loss_type=settings.loss_type, epsilon=settings.epsilon,
+        beta=settings.beta, use_bias_correction_kl=settings.kl_importance_correction,
+        loss_type=settings.loss_type, epsilon=settings.epsilon,
         scale_rewards=settings.scale_rewards, num_iterations=1, reward_weights=rewards.weights,
         mask_truncated_completions=settings.mask_truncated_completions,
         use_vllm=use_vllm, vllm_mode=rollout.vllm_mode,
@@ -80,7 +81,7 @@ def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use
         vllm_gpu_memory_utilization=rollout.vllm_gpu_memory_utilization,
         vllm_tensor_parallel_size=rollout.vllm_tensor_parallel_size,
         vllm_max_model_length=rollout.max_prompt_length + rollout.max_completion_length,
-        vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.vllm_server_timeout,
+        vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.server.timeout,
         shuffle_dataset=True, log_completions=False, save_strategy="no", eval_strategy="no",
     )
 
@@ -93,28 +94,28 @@ def build_rewards(payload: GRPOPayload, tokenizer: Any, job: TrainJob) -> Reward
 
 def train_grpo(job: TrainJob) -> None:
     """Entry point of each training process."""
-    import torch
     from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from transformers import AutoTokenizer
+    from trl import GRPOConfig
 
     from components.common.training.callbacks import standard_callbacks
-    from components.common.training.engine import resumed_step, save_trained_model, write_result
+    from components.common.training.engine import load_trained_model, resumed_step, save_trained_model, write_result
+    from components.common.training.hf_generation import BoundedGenerationGRPOTrainer
 
     payload = GRPOPayload.model_validate(job.payload)
     settings = payload.settings
     tokenizer = AutoTokenizer.from_pretrained(payload.base_model)
     tokenizer.padding_side = "left"
-    model = AutoModelForCausalLM.from_pretrained(payload.base_model,
-                                                 dtype=torch.bfloat16 if settings.bf16 else torch.float32)
+    model = load_trained_model(payload.base_model)  # fp32 master weights; bf16 is the Trainer's mixed precision
     rewards = build_rewards(payload, tokenizer, job)
     args = GRPOConfig(**grpo_arguments(settings, job, payload.gradient_accumulation_steps, payload.use_vllm,
                                        payload.vllm_server_url, rewards))
     with rewards.engine_setup(), warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="You are using 'rollout_func'")  # known: experimental in TRL 1.16
-        trainer = GRPOTrainer(model=model, reward_funcs=rewards.funcs, args=args,
-                              train_dataset=load_from_disk(payload.prompts), processing_class=tokenizer,
-                              callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func)
+        trainer = BoundedGenerationGRPOTrainer(
+            model=model, reward_funcs=rewards.funcs, args=args, train_dataset=load_from_disk(payload.prompts),
+            processing_class=tokenizer, callbacks=standard_callbacks(job), rollout_func=rewards.rollout_func,
+            hf_generation_batch_size=settings.rollout.hf_generation_batch_size)
     resumed_from = resumed_step(job)
     trainer.train(resume_from_checkpoint=job.resume_from)
     save_trained_model(trainer, job, payload.record, payload.sid_vocab)

@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, model_validator
 
-from components.common import storage
+from components.common import hardware, storage
 from components.common.config import ConfigError
 from components.common.logs import setup_logging
 from components.common.training import checkpoints
@@ -54,8 +54,12 @@ JOB_FILE = "job.json"
 
 
 def visible_gpus() -> int:
+    """GPUs torch can use, after checking that the node's NVIDIA driver can run the image's CUDA
+    libraries: with a too-old driver torch sees no GPU at all, and the first error would be a
+    misleading one (bf16 refused for want of a GPU), not the driver's."""
     import torch
 
+    hardware.check_driver(hardware.node_gpus())
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
@@ -148,6 +152,24 @@ class TrainJob(BaseModel):
         return Path(self.final_dir) / checkpoints.RESULT_FILE
 
 
+def rendezvous_env(job: TrainJob, launch: LaunchConfig) -> dict[str, str]:
+    """The torch.distributed variables of a single DeepSpeed process, which ``accelerate launch``
+    leaves unset.
+
+    With several processes accelerate starts them through torchrun, which sets RANK, LOCAL_RANK,
+    WORLD_SIZE, MASTER_ADDR and MASTER_PORT. With one it runs the script as it is (accelerate
+    1.15 ``prepare_simple_launcher_cmd_env``), so ``deepspeed.initialize`` (deepspeed 0.19
+    ``comm.init_distributed``, ``auto_mpi_discovery=True``) finds them missing, falls back to MPI
+    discovery and fails importing ``mpi4py``, which the image does not have. Set, they also make
+    accelerate initialise DeepSpeed's process group itself (``PartialState``: LOCAL_RANK set and
+    DeepSpeed in use). A single DDP process needs no process group: nothing is set for it.
+    """
+    if job.world_size != 1 or job.deepspeed is None:
+        return {}
+    return {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(launch.main_process_port)}
+
+
 def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu_ids: Sequence[int] = ()) -> dict:
     """Run the job in-process (CPU) or through ``accelerate launch`` on ``gpu_ids``; returns the
     main process's result (``final_dir/training_result.json``)."""
@@ -156,8 +178,8 @@ def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu
         run_entry(job)
     else:
         cmd = launch_command(job_path, launch, job.world_size, bf16)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpu_ids)),
-                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+        env = dict(os.environ, CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(gpu_ids),
+                   TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **rendezvous_env(job, launch))
         log.info("launching %d training process(es): %s", job.world_size, " ".join(cmd))
         proc = subprocess.run(cmd, env=env, check=False)
         if proc.returncode != 0:
@@ -170,10 +192,14 @@ def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu
 
 def quiet_progress_bars() -> None:
     """No tqdm bars from datasets/transformers: stage logs are read in pod and CI logs, where
-    progress comes from periodic lines instead (``callbacks.ProgressLog``)."""
+    progress comes from periodic lines instead (``callbacks.ProgressLog``). Without a GPU, DeepSpeed
+    (imported by the Trainer) is told it runs on the CPU rather than warning that it found no
+    accelerator in every training process."""
     import datasets
     from transformers.utils import logging as hf_logging
 
+    if visible_gpus() == 0:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     datasets.disable_progress_bars()
     hf_logging.disable_progress_bar()
 
@@ -213,8 +239,8 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
     ``ctx`` is the stage's StageContext, ``tracker`` its StageRun.
     """
     quiet_progress_bars()
-    fingerprint = checkpoints.job_fingerprint(cfg, input_digests)
-    uri = checkpoints.checkpoint_uri(cfg, ctx.cache_uri, ctx.run_key, stage)
+    fingerprint = checkpoints.job_fingerprint(cfg, input_digests, ctx.seed, ctx.git_commit)
+    uri = checkpoints.checkpoint_uri(cfg, ctx.cache_uri, stage, fingerprint)
     checkpoints.claim(uri, fingerprint, stage)
     work = checkpoints.work_dir(cfg, stage, fingerprint)
     final = work / checkpoints.FINAL
@@ -242,9 +268,34 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
         checkpoints.publish_final(final, uri)
     storage.copy(str(final), output)
     checkpoints.drop_all(uri)  # published: a retry reuses <uri>/final, the optimizer states can go
+    if cfg.checkpoint.uri is None:
+        checkpoints.prune_jobs(storage.join(ctx.cache_uri, "checkpoints", stage), cfg.checkpoint.cache_jobs)
     shutil.rmtree(work, ignore_errors=True)
     stats["stage_seconds"] = time.monotonic() - start
+    stats["tokens_per_s"] = None if stats.get("reused_final") else training_tokens_per_s(result)
     return stats, result
+
+
+#: Cumulative input tokens (non-padding) in the Trainer's log records, the first one a record
+#: has: the Trainer's ``num_input_tokens_seen`` (kept in the trainer state, so it continues after
+#: a resume; the SFT engine turns it on) and GRPOTrainer's ``num_tokens`` (the same state counter:
+#: prompts + completions).
+TOKEN_COUNT_KEYS = ("num_input_tokens_seen", "num_tokens")
+
+
+def training_tokens_per_s(result: Mapping[str, Any]) -> float | None:
+    """Training throughput of this run of the job: the non-padding tokens it processed (since
+    the checkpoint it resumed from) per second of the Trainer's ``train_runtime``; None when the
+    log has no token counts."""
+    history = result.get("log_history", [])
+    runtime = next((r["train_runtime"] for r in reversed(history) if "train_runtime" in r), None)
+    counts = [(r.get("step", 0), float(r[key])) for r in history
+              if (key := next((k for k in TOKEN_COUNT_KEYS if k in r), None))]
+    if not runtime or not counts:
+        return None
+    resumed = result.get("resumed_from_step") or 0
+    before = max((count for step, count in counts if step <= resumed and resumed), default=0.0)
+    return (counts[-1][1] - before) / runtime
 
 
 if __name__ == "__main__":

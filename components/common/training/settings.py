@@ -68,8 +68,12 @@ class CheckpointConfig(Section):
     saves used by early stopping)."""
     uri: str | None = None
     """Where checkpoints are published (local path or gs://). Unset:
-    <storage.cache_uri>/checkpoints/<run key>/<stage>, so a retried task of the same pipeline run
-    resumes and a new run starts fresh."""
+    <storage.cache_uri>/checkpoints/<stage>/<job>, the job being what the work is (config, input
+    digests, seed, code version): the same command re-run after a kill resumes, and identical
+    work re-run reuses its finished model."""
+    cache_jobs: int = Field(3, ge=1)
+    """Jobs of this stage kept in the cache (unset uri): older ones (their checkpoints and
+    finished models) are deleted when a job finishes."""
     keep: int = Field(2, ge=1)
     """Published checkpoints kept (the newest ones, plus the best one when early stopping)."""
     local_dir: str | None = None
@@ -169,26 +173,48 @@ class SFTSettings(TrainerSettings):
         return self
 
 
+class VllmServerConfig(Section):
+    """Rollouts from a ``trl vllm-serve`` server on GPUs of its own (``rollout.vllm_mode: server``).
+
+    Its own settings, not the colocated engine's: the server has whole GPUs, and TRL 1.16's
+    ``trl/scripts/vllm_serve.py`` supports tensor parallelism only for dense models such as
+    Qwen3 (its ``data_parallel_size`` "for dense models, keep this at 1 ... will error out"), so
+    the server's GPUs are its tensor-parallel group."""
+
+    base_url: str | None = None
+    """URL of an already running `trl vllm-serve`. Unset: the stage starts one on its first
+    tensor_parallel_size GPUs and trains on the others."""
+    tensor_parallel_size: int = Field(1, ge=1)
+    """GPUs of the server the stage starts (one tensor-parallel group)."""
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=0.95)
+    """Share of each server GPU vLLM takes (weights, activations, KV cache); nothing else runs
+    there (TRL's vllm-serve default)."""
+    port: int = Field(8000, ge=1024, le=65535)
+    """Port of the server the stage starts."""
+    timeout: float = Field(600.0, gt=0)
+    """Seconds to wait for the server to come up."""
+
+
 class RolloutConfig(Section):
     """Where GRPO rollouts are generated: vLLM on GPUs, HF generate otherwise (same trainer code)."""
 
     engine: Literal["auto", "hf", "vllm"] = "auto"
     """auto: vLLM when a GPU is visible, HF generate on a CPU."""
     vllm_mode: Literal["colocate", "server"] = "colocate"
-    """colocate: vLLM shares the training GPUs; server: a `trl vllm-serve` process on its own GPUs."""
+    """colocate: a vLLM engine in each training process, sharing its GPU; server: a
+    `trl vllm-serve` process on GPUs of its own (settings: server)."""
     vllm_gpu_memory_utilization: float = Field(0.3, gt=0, le=0.95)
-    """GPU memory share of vLLM (in colocate mode, of each training GPU)."""
+    """Colocate mode: share of each training GPU the colocated vLLM engine takes (the rest is
+    the training's)."""
     vllm_tensor_parallel_size: int = Field(1, ge=1)
-    """Tensor parallelism of vLLM."""
-    vllm_server_base_url: str | None = None
-    """Server mode: URL of an already running `trl vllm-serve`. Unset: the stage starts one on
-    its first vllm_server_gpus GPUs and trains on the others."""
-    vllm_server_gpus: int = Field(1, ge=1)
-    """Server mode without a URL: GPUs given to the vLLM server."""
-    vllm_server_port: int = Field(8000, ge=1024, le=65535)
-    """Port of the server the stage starts."""
-    vllm_server_timeout: float = Field(600.0, gt=0)
-    """Seconds to wait for the server to come up."""
+    """Colocate mode: tensor parallelism of the colocated engines (must divide the training
+    processes)."""
+    server: VllmServerConfig = Field(default_factory=VllmServerConfig)
+    """Server mode: the `trl vllm-serve` server."""
+    hf_generation_batch_size: int = Field(64, ge=1)
+    """engine hf: most sequences per HF ``generate`` call; a process's rollouts (rollout_batch_size
+    / processes: 1,024 on 4 GPUs in the paper profiles) are generated in chunks of this many, so
+    the KV cache stays bounded (Qwen3-1.7B: ~0.11 MB per token and sequence in bf16)."""
     temperature: float = Field(1.0, gt=0)
     """Sampling temperature of rollouts (recipe: 1.0)."""
     top_p: float = Field(1.0, gt=0, le=1.0)
@@ -202,10 +228,10 @@ class RolloutConfig(Section):
 
     @model_validator(mode="after")
     def _server(self) -> RolloutConfig:
-        if self.vllm_server_base_url is not None and self.vllm_mode != "server":
-            raise ValueError("vllm_server_base_url: only used with vllm_mode 'server'")
-        if self.engine == "hf" and self.vllm_mode == "server" and self.vllm_server_base_url is not None:
-            raise ValueError("vllm_server_base_url: set, but engine is 'hf' (HF generate)")
+        if self.server != VllmServerConfig() and self.vllm_mode != "server":
+            raise ValueError("server: only used with vllm_mode 'server'")
+        if self.engine == "hf" and self.vllm_mode == "server" and self.server.base_url is not None:
+            raise ValueError("server.base_url: set, but engine is 'hf' (HF generate)")
         return self
 
 
@@ -221,6 +247,10 @@ class GRPOSettings(TrainerSettings):
     one optimizer step per generation batch."""
     beta: float = Field(0.001, ge=0)
     """KL coefficient of the KL-to-reference loss (k3 estimator); 0 loads no reference model."""
+    kl_importance_correction: bool = False
+    """Multiply the k3 KL term by the policy's importance ratio (TRL's use_bias_correction_kl, its
+    default: DeepSeek-V3.2's unbiased reverse-KL gradient). Off: the recipe's ``low_var_kl``,
+    the plain k3 term (the ratio also changes the gradient where its value is 1)."""
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = "grpo"
     """TRL loss aggregation."""
     epsilon: float = Field(0.2, gt=0, lt=1)

@@ -223,19 +223,23 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def train_sft(job: launch.TrainJob) -> None:
     """Entry point of each training process: SFTTrainer on the prepared data, then save."""
-    import torch
     from datasets import load_from_disk
-    from transformers import AutoModelForCausalLM, AutoTokenizer, EarlyStoppingCallback
+    from transformers import AutoTokenizer, EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
     from components.common.training.callbacks import NewTokenWarmup, standard_callbacks
-    from components.common.training.engine import resumed_step, save_trained_model, training_arguments, write_result
+    from components.common.training.engine import (
+        load_trained_model,
+        resumed_step,
+        save_trained_model,
+        training_arguments,
+        write_result,
+    )
 
     payload = SFTPayload.model_validate(job.payload)
     cfg = payload.settings
     tokenizer = AutoTokenizer.from_pretrained(payload.base_model)
-    model = AutoModelForCausalLM.from_pretrained(payload.base_model,
-                                                 dtype=torch.bfloat16 if cfg.bf16 else torch.float32)
+    model = load_trained_model(payload.base_model)  # fp32 master weights; bf16 is the Trainer's mixed precision
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     train = load_from_disk(payload.train_data)
     evaluation = load_from_disk(payload.eval_data) if payload.eval_data else None
