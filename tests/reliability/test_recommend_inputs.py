@@ -16,7 +16,6 @@ import pytest
 
 from components.common import artifacts, storage
 from components.common.config import ConfigError
-from components.recommend.tables import USERS_SCHEMA
 from tests.reliability.harness import Case, StageCall, check, check_cli, write_profile
 
 ITEMS = ["I1", "I2", "I3"]
