@@ -6,6 +6,7 @@
     sidreasoner submit   --config PROFILE --host URL [--experiment E]
     sidreasoner schedule --config PROFILE --host URL --cron "0 0 3 * * *"
     sidreasoner lineage  models:/NAME@production --tracking-uri URI   model -> ... -> catalog
+    sidreasoner serve    --config demo [--model-uri models:/NAME@ALIAS] [--port 5001] [--serving engine=vllm]
     sidreasoner demo-data --out DIR [--items N --users N --seed S]
     sidreasoner tiny-backbone --items URI [--corpus URI] [--sid-map URI] --out DIR [--vocab-size N ...]
 
@@ -176,6 +177,47 @@ def cmd_lineage(args: argparse.Namespace) -> int:
     return 0
 
 
+def serve_command(args: argparse.Namespace) -> tuple[str, list[str], dict[str, str]]:
+    """The model URI, ``mlflow models serve`` command line and environment ``sidreasoner serve`` runs: the
+    profile's registered model at its alias (or ``--model-uri``), its tracking store, and the
+    ``--serving`` overrides of the model's settings (``SERVING_MODEL_CONFIG``)."""
+    from components.common.config import parse_value
+    from components.common.serving_config import ServingSettings
+
+    cfg = load_config(args.config, args.set)[0] if args.config else None
+    uri = args.model_uri
+    if uri is None:
+        if cfg is None or not cfg.retrain.enabled:
+            raise ConfigError("serve: pass --model-uri, or a --config whose retrain.registered_model names the model")
+        uri = f"models:/{cfg.retrain.registered_model}@{cfg.retrain.alias}"
+    tracking = args.tracking_uri or (cfg.tracking.uri if cfg else None) or os.environ.get("MLFLOW_TRACKING_URI")
+    if tracking is None and uri.startswith("models:/"):
+        raise ConfigError(f"serve: {uri} is in a model registry: pass --tracking-uri (or a --config with tracking.uri)")
+    overrides = {}
+    for item in args.serving:
+        key, sep, raw = item.partition("=")
+        if not sep or key not in ServingSettings.model_fields:
+            raise ConfigError(f"--serving {item!r}: expected KEY=VALUE with KEY one of "
+                              f"{sorted(ServingSettings.model_fields)}")
+        overrides[key] = parse_value(raw)
+    env = {**os.environ, "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+           # the scoring server is started as `uvicorn`: the one installed beside this interpreter
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    if tracking:
+        env["MLFLOW_TRACKING_URI"] = tracking
+    if overrides:
+        env["SERVING_MODEL_CONFIG"] = json.dumps(overrides)
+    command = [sys.executable, "-m", "mlflow", "models", "serve", "-m", uri, "--env-manager", "local",
+               "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
+    return uri, command, env
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    uri, command, env = serve_command(args)
+    print(f"serving {uri} on http://{args.host}:{args.port}/invocations (README: Serving)", flush=True)
+    os.execvpe(command[0], command, env)  # the server's own signals and exit status
+
+
 def cmd_demo_data(args: argparse.Namespace) -> int:
     from components.ingest.demo_data import write_demo_data
 
@@ -253,6 +295,19 @@ def build_parser() -> argparse.ArgumentParser:
                                   "or a run key")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_lineage)
+
+    p = sub.add_parser("serve", help="serve the registered model over HTTP (mlflow models serve)")
+    p.add_argument("--config", help="profile: serve models:/<retrain.registered_model>@<retrain.alias> from its "
+                                    "tracking store")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile value")
+    p.add_argument("--model-uri", help="model to serve (default: the profile's registered model at its alias)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: the profile's, else MLFLOW_TRACKING_URI)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0 in a container)")
+    p.add_argument("--port", type=int, default=5001)
+    p.add_argument("--workers", type=int, default=1, help="server processes, each with its own copy of the model")
+    p.add_argument("--serving", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting of the served model, e.g. engine=vllm or device=cuda (repeatable)")
+    p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("demo-data", help="write a synthetic Amazon-2018-format catalog")
     p.add_argument("--out", required=True)

@@ -39,7 +39,7 @@ CONFIG_DIR = Path(__file__).parent / "configs"
 #: ``__init__.py``): config section, inputs and where they come from, outputs, image, resources.
 #: Adding a stage is one name here.
 STAGE_PACKAGES: tuple[str, ...] = ("previous_model", "ingest", "sid_quantize", "baselines", "teacher_corpus",
-                                   "align_sft", "reason_sft", "grpo", "evaluate", "promote")
+                                   "align_sft", "reason_sft", "grpo", "evaluate", "promote", "recommend")
 DECLARATIONS: dict[str, Stage] = {
     name: importlib.import_module(f"components.{name}").STAGE for name in STAGE_PACKAGES}
 STAGES: tuple[str, ...] = tuple(DECLARATIONS)

@@ -82,15 +82,17 @@ class VllmDecoder:
     prompt handed to vLLM at once (it batches and schedules itself).
 
     ``llm`` and ``sampling_params`` default to ``vllm.LLM(**vllm_engine_kwargs(...))`` and
-    ``vllm.SamplingParams``; tests pass stand-ins.
+    ``vllm.SamplingParams``; tests pass stand-ins. ``trie`` defaults to the one of ``catalog_sids``
+    under the model's tokenizer (a served model brings its own).
     """
 
     def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, workdir: Path,
-                 seed: int, llm: Any = None, sampling_params: Callable[..., Any] | None = None):
+                 seed: int, llm: Any = None, sampling_params: Callable[..., Any] | None = None,
+                 trie: SidTrie | None = None):
         from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        self.trie = SidTrie.from_tokenizer(self.tokenizer, catalog_sids)
+        self.trie = trie or SidTrie.from_tokenizer(self.tokenizer, catalog_sids)
         self.trie_path = str(workdir / "sid_trie.pt")
         self.trie.save(self.trie_path)  # the engine's logits processor loads it by path
         self.settings = settings

@@ -54,10 +54,11 @@ class TransformersDecoder:
     """The model through transformers: ``generate`` for reasoning, the KV-sharing trie beam search
     for SIDs, a few prompts at a time."""
 
-    def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, device: torch.device):
+    def __init__(self, model_dir: str, catalog_sids: Sequence[str], settings: DecoderSettings, device: torch.device,
+                 trie: SidTrie | None = None):
         kwargs = {} if settings.dtype == "auto" else {"dtype": DTYPES[settings.dtype]}
         model, tokenizer = load_causal_lm(model_dir, **kwargs)
-        self._attach(model.to(device).eval(), tokenizer, catalog_sids, settings, device)
+        self._attach(model.to(device).eval(), tokenizer, catalog_sids, settings, device, trie)
 
     @classmethod
     def of_model(cls, model: Any, tokenizer: Any, catalog_sids: Sequence[str],
@@ -69,10 +70,11 @@ class TransformersDecoder:
         return decoder
 
     def _attach(self, model: Any, tokenizer: Any, catalog_sids: Sequence[str], settings: DecoderSettings,
-                device: torch.device) -> None:
+                device: torch.device, trie: SidTrie | None = None) -> None:
         self.model, self.tokenizer = model, tokenizer
         ensure_pad_token(self.tokenizer)
-        self.trie = SidTrie.from_tokenizer(self.tokenizer, catalog_sids).to(device)
+        # a served model brings its trie (built at promotion from this tokenizer and catalog)
+        self.trie = (trie or SidTrie.from_tokenizer(self.tokenizer, catalog_sids)).to(device)
         self.settings, self.device = settings, device
         close = self.tokenizer(THINK_CLOSE, add_special_tokens=False).input_ids
         self.stop = {"eos_token_id": [close[0], self.tokenizer.eos_token_id]} if len(close) == 1 else {

@@ -14,6 +14,7 @@ import contextlib
 import json
 import logging
 import os
+import time
 import warnings
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -30,6 +31,10 @@ TAG_PROFILE = "sidreasoner.profile"
 TAG_IMAGES = "sidreasoner.images"
 TAG_DIGEST = "sidreasoner.digest"
 TAG_GIT = "mlflow.source.git.commit"
+#: The experiment type MLflow 3's UI opens an experiment as: model training (runs, logged models,
+#: metrics), not GenAI development (traces, judges), which it would infer from an untagged one.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
 
 
 def _mlflow():
@@ -49,11 +54,14 @@ def configure(tracking_uri: str, experiment: str, artifact_location: str | None 
     exp = client.get_experiment_by_name(experiment)
     if exp is None:
         try:
-            exp_id = client.create_experiment(experiment, artifact_location=artifact_location)
+            exp_id = client.create_experiment(experiment, artifact_location=artifact_location,
+                                              tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND})
         except mlflow.exceptions.MlflowException:  # created concurrently by another stage
             exp_id = client.get_experiment_by_name(experiment).experiment_id
     else:
         exp_id = exp.experiment_id
+        if exp.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND:  # created before the tag existed
+            client.set_experiment_tag(exp_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND)
     mlflow.set_experiment(experiment_id=exp_id)
     return exp_id
 
@@ -136,6 +144,23 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     else:
         out[prefix] = obj
     return out
+
+
+def link_model_metrics(run_id: str, model_id: str, metrics: Mapping[str, float],
+                       datasets: Mapping[str, tuple[str, str] | None]) -> None:
+    """Log ``metrics`` of the LoggedModel ``model_id`` from ``run_id``, each linked to the run's
+    input dataset ``datasets[key]`` ((name, full digest), as ``StageRun.log_dataset`` logged it;
+    None: no dataset): MLflow's UI then lists them as the model's metrics and those datasets as
+    the ones it used."""
+    mlflow = _mlflow()
+    now = int(time.time() * 1000)
+    batch = []
+    for key, value in metrics.items():
+        name, digest = datasets.get(key) or (None, None)
+        batch.append(mlflow.entities.Metric(key=key, value=float(value), timestamp=now, step=0, model_id=model_id,
+                                            dataset_name=name, dataset_digest=digest and _short_digest(digest)))
+    for i in range(0, len(batch), 1000):
+        mlflow.MlflowClient().log_batch(run_id, metrics=batch[i:i + 1000])
 
 
 def _short_digest(digest: str) -> str:

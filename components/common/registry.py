@@ -20,6 +20,7 @@ from pydantic import Field
 from components.common import storage
 from components.common.config import Section
 from components.common.lineage import _mlflow
+from components.common.serving_config import ServingSettings
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,13 @@ class RetrainConfig(Section):
     """Split whose score decides."""
     min_improvement: float = Field(0.0, ge=0.0)
     """The new model must beat production by more than this (absolute)."""
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    """How the promoted model serves (the registered pyfunc's ``model_config``: its decoder and
+    request defaults and limits; a server may override them when it loads the model)."""
+    check_served_model: bool = True
+    """Before registering, load the logged pyfunc back from MLflow and answer its input example
+    (transformers on the CPU): a model that cannot serve is never registered. Needs the model's
+    memory in the promote step."""
 
     @property
     def enabled(self) -> bool:

@@ -21,8 +21,8 @@ from typing import Any
 
 import pandas as pd
 
-from components.common import registry, storage
-from components.common.lineage import StageRun
+from components.common import artifacts, registry, serving, storage
+from components.common.lineage import StageRun, link_model_metrics
 from components.common.registry import PRODUCTION_MODEL, PreviousModel, RetrainConfig
 from components.common.stage import StageContext
 
@@ -76,6 +76,30 @@ def decide(cfg: RetrainConfig, value: float, previous: PreviousModel,
                    f"{cfg.min_improvement} ({margin:+.4f}): production kept")
 
 
+def package(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], model_id: str) -> dict[str, Any]:
+    """Log the servable pyfunc into the LoggedModel ``model_id`` and check that it answers; returns
+    what the decision records about it."""
+    catalog = serving.ServedCatalog.from_catalog(artifacts.read_catalog(inputs["sid_map"], inputs["items"]))
+    samples = artifacts.read_samples(inputs["samples"])
+    settings = cfg.serving
+    if settings.max_history is None:
+        settings = settings.model_copy(update={"max_history": serving.trained_history_length(samples)})
+    example = serving.current_histories(samples, settings.max_history)[0]  # the most recently active user
+    metadata = {"run_key": ctx.run_key, "git_commit": ctx.git_commit, "model_digest": ctx.input_digests["model"],
+                "sid_map_digest": ctx.input_digests["sid_map"], "items_digest": ctx.input_digests["items"]}
+    with storage.local_copy(inputs["model"]) as model_dir:
+        info = serving.log_servable(model_dir=model_dir, catalog=catalog, settings=settings, example=example,
+                                    metadata=metadata, model_id=model_id)
+    log.info("promotion: logged the servable pyfunc into LoggedModel %s (%d live items, %d SIDs)", model_id,
+             catalog.live_items, len(catalog.sids))
+    if cfg.check_served_model:
+        answer = serving.check_servable(info.model_uri)
+        log.info("promotion: the logged model answers its example (user %s): %s", example.user_id,
+                 list(answer["item_ids"][0]))
+    return {"logged_model_uri": info.model_uri, "live_items": catalog.live_items, "sids": len(catalog.sids),
+            "settings": settings.model_dump(mode="json"), "checked": cfg.check_served_model}
+
+
 def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     previous = PreviousModel.read(inputs["previous"])
@@ -88,9 +112,14 @@ def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], output
         "production_before": {"version": previous.version, "recorded_value": previous.metric_value,
                               "value_on_these_rows": production_value} if previous.found else None,
         "registered_model": cfg.registered_model, "alias": cfg.alias, "version": None,
+        "model_uri": None, "model_digest": ctx.input_digests["model"], "model_id": None, "served": None,
     }
     if promoted:
         model_id = storage.read_json(inputs["model_stats"])["mlflow_model_id"]
+        decision["model_id"], decision["served"] = model_id, package(cfg, ctx, inputs, model_id)
+        # the deciding score, as a metric of the model measured on this run's samples (no "@" in MLflow keys)
+        key = f"{cfg.mode}.{cfg.split}.{cfg.metric}_at_{cfg.k}"
+        link_model_metrics(tracker.run_id, model_id, {key: value}, {key: ("samples", ctx.input_digests["samples"])})
         decision["version"] = registry.register(cfg, logged_model_id=model_id, tags={
             registry.TAG_MODEL_URI: ctx.uri_of("model", inputs["model"]),
             registry.TAG_SID_MAP_URI: ctx.uri_of("sid_map", inputs["sid_map"]),
@@ -99,6 +128,7 @@ def run(cfg: RetrainConfig, ctx: StageContext, inputs: Mapping[str, str], output
             registry.TAG_METRIC_VALUE: repr(value),
             registry.TAG_RUN_KEY: ctx.run_key,
         })
+        decision["model_uri"] = f"models:/{cfg.registered_model}/{decision['version']}"
     log.info("promotion: %s", reason)
     digest = storage.write_json(outputs["decision"], decision)
     tracker.log_metrics({"promoted": int(promoted), "score": value,

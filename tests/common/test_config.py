@@ -37,7 +37,8 @@ def test_profile_by_name_and_overrides():
     (["resources.trainer.gpus=1"], r"resources\.trainer: unknown key"),
     (["kubernetes.secrets=[{secret_name: s, env: {K: k}, stages: [nope]}]"], r"unknown stage\(s\) \['nope'\]"),
     (["run.name=Has Spaces"], r"run\.name: String should match pattern"),
-    (["retrain.registered_model=m"], r"retrain\.registered_model: .*tracking\.uri must name a store"),
+    (["retrain.registered_model=m", "tracking.uri=null"],  # the demo's own store unset
+     r"retrain\.registered_model: .*tracking\.uri must name a store"),
     (["retrain.registered_model=m", "tracking.uri=http://mlflow:5000", "retrain.k=20"],
      r"retrain\.k 20 is not reported"),
     (["retrain.registered_model=m", "tracking.uri=http://mlflow:5000", "evaluate.modes=[direct]"],

@@ -12,8 +12,8 @@ from components.common import lineage, storage
 from pipeline import cli
 from pipeline.config import DECLARATIONS
 
-#: The DAG of a run without scheduled retraining.
-CORE_STAGES = [s for s in DECLARATIONS if s not in ("previous_model", "promote")]
+#: The demo's DAG: it registers its model and recommends with it (scheduled retraining, local store).
+CORE_STAGES = list(DECLARATIONS)
 
 #: The demo profile, cut to the fewest steps that still exercise every code path.
 FAST = [
@@ -24,13 +24,15 @@ FAST = [
     "reason_sft.max_steps=4", "reason_sft.eval_steps=2", "reason_sft.checkpoint.every_steps=2",
     "grpo.max_steps=2", "grpo.max_prompts=16", "grpo.checkpoint.every_steps=1",
     "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "baselines.sasrec.epochs=3",
+    "recommend.max_users=8",
 ]
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, demo_data):
     out = tmp_path_factory.mktemp("e2e") / "run"
-    sets = [f"ingest.source={demo_data}", f"storage.cache_uri={out.parent / 'cache'}", *FAST]
+    sets = [f"ingest.source={demo_data}", f"storage.cache_uri={out.parent / 'cache'}",
+            f"tracking.uri=sqlite:///{out.parent / 'mlflow.db'}", *FAST]
     assert cli.main(["run", "--config", "demo", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
     return json.loads((out / "run.json").read_text())
 

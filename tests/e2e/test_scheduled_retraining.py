@@ -1,5 +1,7 @@
-"""Two scheduled runs on a catalog that changed in between: the second finds the first through the
-MLflow registry, keeps its SIDs, warm-starts from its model, and is promoted only if better."""
+"""Two scheduled runs of the demo profile on a catalog that changed in between: the second finds the
+first through the MLflow registry, keeps its SIDs, warm-starts from its model, and is promoted only
+if better; each ends with recommendations by the model it promoted (or none, saying why), and
+``mlflow models serve`` answers with the registered production model."""
 
 from __future__ import annotations
 
@@ -10,14 +12,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from components.common import registry
+from components.common import artifacts, lineage, registry, storage
 from components.common.artifacts import model_sid_vocabulary as sid_vocabulary
 from components.ingest.demo_data import write_demo_data
 from pipeline import cli
 from pipeline.lineage import collect, render
+from tests.conftest import stop
 from tests.e2e.test_pipeline_run import FAST
+from tests.serving.test_server import post, start_server
 
 MODEL = "sidreasoner-e2e"
+#: The module's fixture runs the pipeline twice (each ending with packaging, a serving check and
+#: recommendations) before the first test; a model server starts later.
+pytestmark = pytest.mark.timeout(1800)
 
 
 def _read(path: Path) -> list[dict]:
@@ -150,7 +157,7 @@ def test_lineage_from_the_registered_model_back_to_the_catalog(runs):
     chain = collect(f"models:/{MODEL}@production")
     assert chain["model"]["name"] == MODEL and "production" in chain["model"]["aliases"]
     stages = [s.stage for s in chain["stages"]]
-    assert stages[:2] == ["promote", "evaluate"] and stages[-2:] == ["ingest", "previous_model"]
+    assert stages[:3] == ["recommend", "promote", "evaluate"] and stages[-2:] == ["ingest", "previous_model"]
     produced = chain["produced_by"]
     for record in chain["stages"]:  # every input was produced inside the run, except the raw catalog
         for artifact in record.inputs:
@@ -159,3 +166,104 @@ def test_lineage_from_the_registered_model_back_to_the_catalog(runs):
     assert {a.name for a in ingest.inputs} == {"raw_reviews", "raw_meta"}
     text = render(chain)
     assert f"model {MODEL} v" in text and "sidreasoner.catalog_digest" in text
+
+
+# ----------------------------------------------------------------------------------------------
+# Serving and batch recommendations
+# ----------------------------------------------------------------------------------------------
+
+
+def _recommendations(record: dict) -> pd.DataFrame:
+    return pd.read_parquet(record["stages"]["recommend"]["recommendations"]["uri"])
+
+
+def test_each_run_ends_with_recommendations_by_the_model_it_promoted_or_none(runs):
+    for name in ("first", "second"):
+        record = runs[name]
+        decision, stats = record["stats"]["promote"], record["stats"]["recommend"]
+        table = _recommendations(record)
+        meta = artifacts.schema_metadata(
+            storage.read_parquet_schema(record["stages"]["recommend"]["recommendations"]["uri"]))
+        assert stats["recommended"] is decision["promoted"]
+        if not decision["promoted"]:  # production kept: no recommendations, and the outputs say why
+            assert table.empty and meta["sidreasoner.recommended"] == "false"
+            assert stats["reason"] == f"promotion refused: {decision['reason']}"
+            continue
+        assert meta["sidreasoner.model_version"] == decision["version"] and meta["sidreasoner.recommended"] == "true"
+        assert meta["sidreasoner.model_digest"] == record["stages"]["grpo"]["model"]["metadata"]["digest"]
+        assert meta["sidreasoner.sid_map_digest"] == record["stages"]["sid_quantize"]["sid_map"]["metadata"]["digest"]
+        assert len(table) == 8 and (table["item_ids"].map(len) == 10).all()
+        # the output joins back to the run's catalog snapshot: live items, their titles and SIDs
+        items = pd.read_parquet(record["stages"]["ingest"]["items"]["uri"]).set_index("item_id")
+        sid_map = _sid_map(record)
+        live = sid_map[sid_map["status"] != "retired"]
+        exploded = table.explode(["item_ids", "titles", "sids"])
+        assert exploded["item_ids"].isin(live.index).all()
+        assert (exploded["titles"].to_numpy() == items.loc[exploded["item_ids"], "title"].to_numpy()).all()
+        assert (exploded["sids"].to_numpy() == live.loc[exploded["item_ids"], "sid"].to_numpy()).all()
+    assert runs["first"]["stats"]["promote"]["promoted"]
+
+
+def test_the_registered_production_model_serves_over_http(runs, tmp_path):
+    """What `make demo` leaves: `sidreasoner serve --config demo` (mlflow models serve of
+    models:/NAME@production from the profile's store) answers with item ids; bad requests get 400s."""
+    _use_store(runs)
+    production = registry.production_version(MODEL, "production")
+    record = runs["second"] if runs["second"]["stats"]["promote"]["promoted"] else runs["first"]
+    assert str(production.version) == record["stats"]["promote"]["version"]
+    sample = pd.read_parquet(record["stages"]["ingest"]["samples"]["uri"]).iloc[-1]
+    proc, url = start_server(f"models:/{MODEL}@production", tmp_path / "server.log",
+                             "--tracking-uri", runs["tracking"])
+    try:
+        status, body = post(url, {"dataframe_records": [{"user_id": sample["user_id"],
+                                                         "history": list(sample["history"])}], "params": {"k": 5}})
+        assert status == 200, body
+        (row,) = body["predictions"]
+        assert row["user_id"] == sample["user_id"] and len(row["item_ids"]) == 5
+        items = pd.read_parquet(record["stages"]["ingest"]["items"]["uri"]).set_index("item_id")
+        assert row["titles"] == list(items.loc[row["item_ids"], "title"])
+        status, body = post(url, {"dataframe_records": [{"history": ["NOT-AN-ITEM"]}]})
+        assert status == 400 and "history[0]: 1 item id(s) not in the catalog: 'NOT-AN-ITEM'" in body["message"]
+    finally:
+        stop(proc)
+
+
+def test_serve_takes_the_model_and_store_from_the_profile(runs):
+    import argparse
+
+    args = argparse.Namespace(config="demo", set=[f"tracking.uri={runs['tracking']}",
+                                                  f"retrain.registered_model={MODEL}"],
+                              model_uri=None, tracking_uri=None, host="127.0.0.1", port=5001, workers=1,
+                              serving=["engine=transformers"])
+    uri, command, env = cli.serve_command(args)
+    assert uri == f"models:/{MODEL}@production" and command[command.index("-m", 3) + 1] == uri
+    assert env["MLFLOW_TRACKING_URI"] == runs["tracking"] and json.loads(env["SERVING_MODEL_CONFIG"]) == {
+        "engine": "transformers"}
+
+
+def test_mlflow_walks_model_run_datasets_on_its_own(runs):
+    """The registered version is the grpo stage's LoggedModel: an output of that run, its metrics
+    linked to the dataset it trained on and the promotion score to the samples it was measured on;
+    the experiment opens as model training."""
+    import mlflow
+
+    _use_store(runs)
+    client = mlflow.MlflowClient()
+    version = registry.production_version(MODEL, "production")
+    model = mlflow.get_logged_model(version.source.removeprefix("models:/"))
+    run = client.get_run(model.source_run_id)
+    assert run.data.tags[lineage.TAG_STAGE] == "grpo" and model.name == "grpo"
+    assert model.model_id in {o.model_id for o in run.outputs.model_outputs}
+    datasets = {(m.key, m.dataset_name) for m in model.metrics}
+    assert ("global_step", "reasoning") in datasets and ("thinking.test.ndcg_at_10", "samples") in datasets
+    run_inputs = {d.dataset.name: d.dataset.digest for d in run.inputs.dataset_inputs}
+    linked = {m.dataset_name: m.dataset_digest for m in model.metrics if m.dataset_name == "reasoning"}
+    assert linked["reasoning"] == run_inputs["reasoning"]  # the UI's link resolves to the run's input
+    experiment = client.get_experiment(run.info.experiment_id)
+    assert experiment.tags[lineage.TAG_EXPERIMENT_KIND] == "custom_model_development"
+
+
+def _use_store(runs: dict) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(runs["tracking"])

@@ -30,7 +30,7 @@ SMOKE_GPU_STAGES = ("sid_quantize", "align_sft", "reason_sft", "grpo", "evaluate
 #: The only settings in which the GPU profiles may differ: what names the dataset.
 DATASET_KEYS = {"run.name", "ingest.files.reviews", "ingest.files.meta", "tracking.experiment",
                 "retrain.registered_model"}
-GPU_STAGES = {"sid_quantize": 1, "align_sft": 4, "reason_sft": 4, "grpo": 4, "evaluate": 2}
+GPU_STAGES = {"sid_quantize": 1, "align_sft": 4, "reason_sft": 4, "grpo": 4, "evaluate": 2, "recommend": 2}
 TRAINING_STAGES = ("align_sft", "reason_sft", "grpo")
 REGISTRY, TAG = "registry.test/team/sidreasoner", "0a1b2c3"
 
@@ -204,8 +204,8 @@ def test_gpu_profiles_are_the_recipe(profile):
 
 @pytest.mark.parametrize("profile", gpu_profile_names())
 def test_gpu_profiles_retrain_on_schedule_through_the_registry(compiled, profile):
-    """A scheduled run finds the production model in MLflow, keeps its SIDs, warm-starts from it
-    and promotes only a better model; the CPU profiles start fresh every run."""
+    """A scheduled run finds the production model in MLflow, keeps its SIDs, warm-starts from it,
+    promotes only a better model and recommends with it; office-tiny starts fresh every run."""
     cfg, spec, _ = compiled[profile]
     assert cfg.retrain.enabled and cfg.retrain.incremental_sids and cfg.retrain.warm_start
     assert (cfg.retrain.mode, cfg.retrain.split) in {(m, s) for m in cfg.evaluate.modes for s in cfg.evaluate.splits}
@@ -214,8 +214,11 @@ def test_gpu_profiles_retrain_on_schedule_through_the_registry(compiled, profile
     assert "previous-model" in tasks["align-sft"]["dependentTasks"]  # warm start
     assert "previous-model" in tasks["evaluate"]["dependentTasks"]  # production scored on the same rows
     assert "evaluate" in tasks["promote"]["dependentTasks"]
-    for profile_name in LOCAL_PROFILES:
-        assert not load_config(profile_name)[0].retrain.enabled
+    assert "promote" in tasks["recommend"]["dependentTasks"]  # recommendations by the model just promoted
+    # office-tiny starts fresh every run; the demo retrains through its local store's registry
+    assert not load_config("office-tiny")[0].retrain.enabled
+    demo = load_config("demo")[0]
+    assert demo.retrain.enabled and demo.recommend.enabled and demo.tracking.uri.startswith("sqlite:///")
 
 
 def test_office_tiny_reads_the_shared_pack_by_default_or_another_copy():

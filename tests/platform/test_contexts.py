@@ -113,10 +113,11 @@ def test_change_to_shared_code_changes_exactly_the_contexts_reaching_it(repo):
         assert changed_contexts(repo, append(path)) == stages, path.relative_to(repo)
     everywhere = {path.name for path, stages in reached_by.items() if stages == set(STAGES)}
     assert {"stage.py", "storage.py", "lineage.py"} <= everywhere
-    # The training library reaches the training stages only; vLLM's decoding, evaluate and grpo only.
+    # The training library reaches the training stages only; vLLM's decoding, the stages decoding a
+    # model (evaluate, grpo's rollouts, the served model's promote and recommend) only.
     assert reached_by[repo / "components/common/training/launch.py"] == {"align_sft", "reason_sft", "grpo"}
     assert reached_by[repo / "components/common/training/deepspeed/zero3.json"] == {"align_sft", "reason_sft", "grpo"}
-    assert reached_by[repo / "components/common/constrained_vllm.py"] == {"evaluate", "grpo"}
+    assert reached_by[repo / "components/common/constrained_vllm.py"] == {"evaluate", "grpo", "promote", "recommend"}
 
 
 def test_image_recipe_changes_change_their_flavour(repo):

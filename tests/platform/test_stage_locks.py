@@ -93,8 +93,10 @@ def test_vllm_litellm_and_deepspeed_only_where_used(stage):
 
 
 def test_stages_without_models_hold_no_torch():
-    for stage in ("ingest", "previous_model", "promote"):
+    for stage in ("ingest", "previous_model"):
         assert not {"torch", "transformers", "vllm"} & stage_lock(stage).keys(), stage
+    # promote builds the served model's SID trie and answers its example before registering it
+    assert {"torch", "transformers", "mlflow"} <= stage_lock("promote").keys()
     assert "vllm" not in stage_lock("teacher_corpus")
 
 

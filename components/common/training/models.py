@@ -1,12 +1,19 @@
 """The trained model, stage side: its digest, the stage's stats artifact, and the MLflow
-LoggedModel that links the model to its run, metrics and inputs."""
+LoggedModel that links the model to its run, metrics and inputs.
+
+The LoggedModel is an output of the stage's run, and its metrics are linked to the datasets the
+stage trained on (its ``corpus`` or ``reasoning`` input; validation losses to the ``samples`` it
+validated on, when it has them), so MLflow's own UI walks model -> run -> datasets. It holds no
+weights by default (external: it points at the model artifact); ``promote`` logs the servable
+pyfunc into the LoggedModel of the model it registers (:mod:`components.common.serving`).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +26,25 @@ log = logging.getLogger(__name__)
 
 #: What a logged model needs to be served (the weights need our package only for SID decoding).
 MODEL_REQUIREMENTS = ["torch==2.13.0", "transformers==5.17.0", "accelerate==1.15.0"]
+#: Input kinds a training stage learns from, and the one it validates on (when it has one).
+TRAINING_KINDS = ("corpus", "reasoning")
+VALIDATION_KIND = "samples"
+
+
+def metric_datasets(stage: str, lineage: Mapping[str, str], metrics: Mapping[str, float]) -> dict[str, tuple[str, str]]:
+    """Metric key -> (input name, digest) of the dataset it was measured on: validation metrics
+    (``eval`` in the key) on the stage's ``samples`` input when it has one, every other metric on
+    its training data (the stage declaration's inputs of :data:`TRAINING_KINDS`)."""
+    declaration = importlib.import_module(f"components.{stage}").STAGE
+    kinds = {name: spec.kind.name for name, spec in declaration.inputs.items() if name in lineage}
+    training = next((name for name, kind in kinds.items() if kind in TRAINING_KINDS), None)
+    validation = next((name for name, kind in kinds.items() if kind == VALIDATION_KIND), training)
+    linked = {}
+    for key in metrics:
+        name = validation if "eval" in key else training
+        if name is not None:
+            linked[key] = (name, lineage[name])
+    return linked
 
 
 def log_model(*, run_id: str, name: str, model_dir: Path | None, model_uri: str, model_digest: str,
@@ -30,7 +56,7 @@ def log_model(*, run_id: str, name: str, model_dir: Path | None, model_uri: str,
     weights are copied into MLflow (transformers flavor); otherwise the LoggedModel is external,
     pointing at ``model_uri``.
     """
-    from components.common.lineage import _mlflow
+    from components.common.lineage import _mlflow, link_model_metrics
 
     mlflow = _mlflow()
     tags = {"sidreasoner.model_uri": model_uri, "sidreasoner.digest": model_digest,
@@ -44,11 +70,10 @@ def log_model(*, run_id: str, name: str, model_dir: Path | None, model_uri: str,
     else:
         model_id = mlflow.create_external_model(name=name, source_run_id=run_id, tags=tags, params=flat_params,
                                                 model_type="causal-lm").model_id
+        # the run lists it under "Logged models" (log_model above records that itself)
+        mlflow.MlflowClient().log_outputs(run_id, [mlflow.entities.LoggedModelOutput(model_id, step=0)])
     numeric = numeric_logs(metrics)
-    if numeric:
-        mlflow.MlflowClient().log_batch(run_id, metrics=[
-            mlflow.entities.Metric(key=k, value=v, timestamp=int(time.time() * 1000), step=0, model_id=model_id)
-            for k, v in numeric.items()])
+    link_model_metrics(run_id, model_id, numeric, metric_datasets(name, lineage, numeric))
     log.info("MLflow: logged model %s (%s) for %s", model_id, "weights" if model_dir else "external", model_uri)
     return model_id
 
