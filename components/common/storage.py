@@ -75,6 +75,10 @@ class StorageError(ExpectedError, RuntimeError):
     """An artifact is missing, incomplete or could not be transferred; the message names its URI."""
 
 
+class ArtifactNotFound(StorageError):
+    """Nothing is stored at the URI (the message names it)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # URIs
 # ----------------------------------------------------------------------------------------------
@@ -183,11 +187,8 @@ def _cause(exc: BaseException) -> str:
 def _is_transport_error(exc: BaseException) -> bool:
     from google.api_core.exceptions import GoogleAPIError
     from google.auth.exceptions import GoogleAuthError
+    from requests import RequestException  # google-cloud-storage's transport
 
-    try:
-        from requests import RequestException
-    except ImportError:  # pragma: no cover - google-cloud-storage depends on requests
-        RequestException = OSError  # noqa: N806
     return isinstance(exc, (GoogleAPIError, GoogleAuthError, RequestException, ConnectionError, TimeoutError))
 
 
@@ -201,7 +202,7 @@ def _gcs(action: str, uri: str) -> Iterator[None]:
     except (StorageError, PreconditionFailed):
         raise  # already named; a failed precondition is an answer the caller handles
     except NotFound:
-        raise StorageError(f"artifact not found: {uri}") from None
+        raise ArtifactNotFound(f"artifact not found: {uri}") from None
     except Forbidden as exc:
         raise StorageError(f"cannot {action} {uri}: permission denied ({_cause(exc)})") from None
     except Exception as exc:
@@ -306,7 +307,7 @@ def digest(uri: str | os.PathLike) -> str:
             return file_digest(path)
     except OSError as exc:
         raise _local_error("read", uri, exc) from None
-    raise StorageError(f"artifact not found: {uri}")
+    raise ArtifactNotFound(f"artifact not found: {uri}")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -365,7 +366,7 @@ def read_bytes(uri: str | os.PathLike) -> bytes:
             return _blob(uri).download_as_bytes(**_io())
     path = Path(uri)
     if not path.is_file():
-        raise StorageError(f"artifact not found: {uri}")
+        raise ArtifactNotFound(f"artifact not found: {uri}")
     try:
         return path.read_bytes()
     except OSError as exc:
@@ -797,7 +798,7 @@ def local_copy(uri: str | os.PathLike) -> Iterator[Path]:
     if not is_gcs(uri):
         path = Path(uri)
         if not path.exists():
-            raise StorageError(f"artifact not found: {uri}")
+            raise ArtifactNotFound(f"artifact not found: {uri}")
         yield path
         return
     with tempfile.TemporaryDirectory(prefix="sidreasoner-in-") as tmpdir:

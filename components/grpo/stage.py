@@ -111,7 +111,8 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
                   "summary": report.summarize(table), "steps": table})
     log_step_table(tracker, table)
     metrics = {"global_step": stats["global_step"], **stats["summary"]}
-    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests, metrics=metrics)
+    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests,
+                        model_uri=ctx.uri_of("model", outputs["model"]), metrics=metrics)
 
 
 def check_beam_layout(cfg: GRPOStageConfig, world: int, catalog_size: int) -> None:

@@ -240,7 +240,7 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
         with (around(payload) if around else contextlib.nullcontext()):
             result = run_job(job, work / JOB_FILE, cfg.launch, cfg.bf16, gpu_ids)
         checkpoints.publish_final(final, uri)
-    storage.copy(str(final), output)
+    stats["model_digest"] = storage.copy(str(final), output)
     checkpoints.drop_all(uri)  # published: a retry reuses <uri>/final, the optimizer states can go
     shutil.rmtree(work, ignore_errors=True)
     stats["stage_seconds"] = time.monotonic() - start
