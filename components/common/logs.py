@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from typing import Any
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _MIN_SECRET_LEN = 6
@@ -42,6 +43,17 @@ def redact(text: str) -> str:
     for value in secret_values():
         text = text.replace(value, "***")
     return text
+
+
+def redact_values(obj: Any) -> Any:
+    """``obj`` (JSON-like: dicts, lists, text) with every secret removed from its text."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {key: redact_values(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [redact_values(value) for value in obj]
+    return obj
 
 
 class RedactSecrets(logging.Filter):

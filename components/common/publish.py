@@ -28,15 +28,13 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import os
-import socket
 import time
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common import storage
+from components.common import owner, storage
 from components.common.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -76,8 +74,7 @@ class StagedOutputs:
                 self.created += [p for p in (path, *path.parents) if not p.exists()]
             self._sweep(folder)
             storage.write_json(storage.join(self._staging(folder), OWNER), {
-                "host": socket.gethostname(), "pid": os.getpid(), "run_key": self.run_key,
-                "started": time.time()})
+                **owner.record(), "run_key": self.run_key, "started": time.time()})
         return dict(self.staged)
 
     def unstage(self, text: str) -> str:
@@ -125,10 +122,10 @@ class StagedOutputs:
         for name in _staging_folders(folder, prefix):
             staging = storage.join(folder, name)
             try:
-                owner = storage.read_json(storage.join(staging, OWNER))
+                holder = storage.read_json(storage.join(staging, OWNER))
             except (storage.StorageError, ValueError):
-                owner = {}
-            if _gone(owner):
+                holder = {}
+            if _gone(holder):
                 log.info("removing %s, left by an attempt of %s that was killed", staging, self.stage)
                 storage.delete(staging)
 
@@ -141,23 +138,13 @@ def _staging_folders(folder: str, prefix: str) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name.startswith(prefix)) if path.is_dir() else []
 
 
-def _gone(owner: Mapping[str, Any]) -> bool:
+def _gone(holder: Mapping[str, Any]) -> bool:
     """Whether the attempt that owns a staging folder is over (a folder without an owner record
     was killed before writing one)."""
-    started = owner.get("started")
+    started = holder.get("started")
     if not isinstance(started, (int, float)):
         return True
-    if time.time() - started > STALE_AFTER_S:
-        return True
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
+    return time.time() - started > STALE_AFTER_S or owner.gone(holder)
 
 
 def published_digest(uri: str, producer: str, what: str) -> str | None:
