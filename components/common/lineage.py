@@ -158,6 +158,21 @@ class StageRun:
             client.set_tag(parent, key, redact(str(value)))
 
 
+def close_killed_attempts(experiment_id: str, run_key: str, stage: str) -> list[str]:
+    """Mark FAILED the stage runs of ``stage`` in pipeline run ``run_key`` left RUNNING (their
+    process was killed); returns their ids."""
+    client = _mlflow().MlflowClient()
+    stale = client.search_runs(
+        [experiment_id], filter_string=(f"tags.`{TAG_RUN_KEY}` = '{run_key}' AND tags.`{TAG_STAGE}` = '{stage}' "
+                                        "AND attributes.status = 'RUNNING'"))
+    for run in stale:
+        client.set_tag(run.info.run_id, "sidreasoner.closed_by", "a later attempt of the stage (this one was killed)")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("MLflow: stage run %s of %s was left RUNNING by a killed attempt; marked FAILED",
+                    run.info.run_id, stage)
+    return [run.info.run_id for run in stale]
+
+
 @contextlib.contextmanager
 def stage_run(
     *,
@@ -173,11 +188,14 @@ def stage_run(
     """Open ``stage``'s nested run under the pipeline run's parent (created if missing).
 
     A failing stage marks the parent FAILED; the last stage of the DAG (``close_parent``)
-    marks it FINISHED when it succeeds.
+    marks it FINISHED when it succeeds. An earlier attempt of the same stage in the same
+    pipeline run that is still RUNNING was killed (a process cannot close its run after
+    SIGKILL or a lost node): it is marked FAILED first.
     """
     mlflow = _mlflow()
     experiment_id = configure(tracking_uri, experiment, artifact_location)
     parent_id = ensure_parent_run(experiment_id, run_key, parent_tags, parent_name)
+    close_killed_attempts(experiment_id, run_key, stage)
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id,
                           tags={TAG_STAGE: stage, TAG_RUN_KEY: run_key}) as run:
         log.info("MLflow: stage run %s (parent %s) at %s", run.info.run_id, parent_id, tracking_uri)
