@@ -12,6 +12,7 @@ from __future__ import annotations
 import http.client
 import json
 import re
+import sys
 import threading
 from email.parser import BytesParser
 from email.policy import HTTP
@@ -52,7 +53,14 @@ class FaultyProxy:
 
             do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, request, client_address):
+                if not isinstance(sys.exc_info()[1], ConnectionError):  # a client that gave up waiting
+                    super().handle_error(request, client_address)
+
+        self.server = Server(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
     def handle(self, command: str, path: str, headers: dict[str, str], body: bytes) -> Response:

@@ -72,9 +72,13 @@ class StagedOutputs:
             if not storage.is_gcs(folder):
                 path = Path(folder).absolute()
                 self.created += [p for p in (path, *path.parents) if not p.exists()]
-            self._sweep(folder)
-            storage.write_json(storage.join(self._staging(folder), OWNER), {
-                **owner.record(), "run_key": self.run_key, "started": time.time()})
+            try:
+                self._sweep(folder)
+                storage.write_json(storage.join(self._staging(folder), OWNER), {
+                    **owner.record(), "run_key": self.run_key, "started": time.time()})
+            except storage.StorageError as exc:  # named by the output folder, not the hidden staging one
+                raise storage.StorageError(f"cannot write the outputs of {self.stage} to {folder}: "
+                                           f"{exc.reason or exc}", exc.reason) from None
         return dict(self.staged)
 
     def unstage(self, text: str) -> str:

@@ -72,7 +72,12 @@ ENV_TIMEOUT = "SIDREASONER_GCS_TIMEOUT"
 
 
 class StorageError(ExpectedError, RuntimeError):
-    """An artifact is missing, incomplete or could not be transferred; the message names its URI."""
+    """An artifact is missing, incomplete or could not be transferred; the message names its URI
+    and ``reason`` (when known) says why without it (no space left on device, ...)."""
+
+    def __init__(self, message: str, reason: str | None = None):
+        super().__init__(message)
+        self.reason = reason
 
 
 class ArtifactNotFound(StorageError):
@@ -218,7 +223,7 @@ def _local_error(action: str, uri: str | os.PathLike, exc: OSError) -> StorageEr
                errno.EROFS: "read-only file system", errno.EIO: "input/output error"}
     reason = reasons.get(exc.errno) or " ".join(str(exc).split())[:300] or type(exc).__name__
     where = f" ({exc.filename})" if getattr(exc, "filename", None) and str(exc.filename) != str(uri) else ""
-    return StorageError(f"cannot {action} {uri}: {reason}{where}")
+    return StorageError(f"cannot {action} {uri}: {reason}{where}", reason)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -195,9 +196,12 @@ def assert_no_secret(case: Case, root: Path, outcome: Outcome, tracking_uri: str
         assert not leaked, f"{case.id}: a secret written to {leaked}"
 
 
-def assert_paid_once(case: Case, teacher: Any) -> None:
-    asked = [json.dumps(r.messages, sort_keys=True) for r in teacher.requests if r.fault is None]
-    assert len(asked) == len(set(asked)), f"{case.id}: a teacher request was paid twice"
+def assert_paid_once(case: Case, root: Path, teacher: Any) -> None:
+    """Every answer the teacher gave went to its own cache entry: no request (model, messages,
+    parameters, attempt) was paid for twice, by one run or by several sharing the cache."""
+    answered = [r for r in teacher.requests if r.fault is None]
+    stored = [p for p in root.rglob("*.json") if re.fullmatch(r"[0-9a-f]{64}\.json", p.name)]
+    assert len(answered) == len(stored), f"{case.id}: {len(answered)} answers paid for, {len(stored)} stored"
 
 
 def build_with(build: Callable[..., StageCall], root: Path, fixtures: dict[str, Any]) -> StageCall:
@@ -224,7 +228,7 @@ def check(case: Case, root: Path, tracking_uri: str, capsys: pytest.CaptureFixtu
         assert_failed_clearly(case, call, outcome)
     assert_no_secret(case, root, outcome, tracking_uri)
     if "teacher" in fixtures:
-        assert_paid_once(case, fixtures["teacher"])
+        assert_paid_once(case, root, fixtures["teacher"])
     if case.then is not None:
         case.then(call, outcome, **fixtures)
     return outcome
