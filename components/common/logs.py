@@ -68,9 +68,15 @@ class RedactSecrets(logging.Filter):
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger once per process (idempotent)."""
+    """Configure the root logger once per process (idempotent; a second call only points our
+    handler at the current ``sys.stderr``, which a caller may have replaced since)."""
     root = logging.getLogger()
-    if any(isinstance(f, RedactSecrets) for h in root.handlers for f in h.filters):
+    ours = [h for h in root.handlers if any(isinstance(f, RedactSecrets) for f in h.filters)]
+    if ours:
+        for handler in ours:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+                with handler.lock:  # not setStream: it flushes the old stream, which may be closed
+                    handler.stream = sys.stderr
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))

@@ -264,7 +264,9 @@ class Stage:
                 staging = staged.open()
                 metadata = run(cfg, ctx, inputs, staging, tracker)
                 for name, path in staging.items():
-                    metadata.setdefault(name, {}).setdefault("digest", storage.digest(path))
+                    meta = metadata.setdefault(name, {})
+                    if "digest" not in meta:  # the writers return theirs: no output is read twice
+                        meta["digest"] = storage.digest(path)
                 staged.publish({name: metadata[name]["digest"] for name in outputs})
             except ExpectedError as exc:
                 exc.args = (staged.unstage(str(exc)),)  # name the final URIs, not the staging ones

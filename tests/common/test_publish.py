@@ -184,3 +184,15 @@ def test_sigterm_unwinds_and_leaves_nothing(tmp_path, tracking_uri):
         proc.kill()
     assert proc.returncode == 128 + signal.SIGTERM
     assert not (tmp_path / "out").exists()
+
+
+def test_outputs_the_writers_digested_are_not_read_again(tmp_path, tracking_uri, monkeypatch):
+    hashed = []
+    real = storage.file_digest
+    monkeypatch.setattr(storage, "file_digest", lambda path: hashed.append(str(path)) or real(path))
+    PRODUCER.execute(ToyConfig(), ctx(tmp_path, tracking_uri), {}, outs(str(tmp_path / "out")))
+    assert len(hashed) == 1  # write_parquet hashed items.parquet as it wrote it; nothing after
+    hashed.clear()
+    CONSUMER.execute(ToyConfig(), ctx(tmp_path, tracking_uri), {"items": str(tmp_path / "out" / "items.parquet")},
+                     read_outs(str(tmp_path / "next")))
+    assert hashed == [str(tmp_path / "out" / "items.parquet")]  # the input, once

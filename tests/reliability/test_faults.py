@@ -11,8 +11,9 @@ a cache or an output folder; a stage killed mid-training. Case classes:
   half-uploaded object -- a message naming the URI and nothing half-written;
 * ``interrupted publish``: an input from a publish that was cut short, or changed afterwards;
 * ``concurrent runs``: two runs sharing a teacher cache, or one output folder;
-* ``killed and resumed``: reason_sft or grpo killed (SIGKILL) after a checkpoint, then run
-  again: it resumes, publishes whole outputs, and closes the killed attempt's MLflow run;
+* ``killed and resumed``: grpo killed (SIGKILL) after a checkpoint, then run again: it resumes,
+  publishes whole outputs, and closes the killed attempt's MLflow run (align_sft's and the
+  teacher's kill and resume are tests/training/test_resume.py and tests/teacher_corpus);
 * ``pipeline run``: ``sidreasoner run`` reports the failed stage's own message.
 """
 
@@ -337,10 +338,6 @@ class Killed:
 
 
 KILLED_TABLE = [
-    Killed("reason_sft-killed-after-a-checkpoint", "reason_sft",
-           {**CPU, "max_steps": 12, "eval_fraction": 0, "eval_strategy": "no", "early_stopping_patience": None,
-            "global_batch_size": 4, "per_device_batch_size": 4, "max_length": 256, "learning_rate": 1e-3},
-           lambda p: {"sft_model": p["model"], "reasoning": p["reasoning"], "sid_map": p["sid_map"]}, 12),
     Killed("grpo-killed-after-a-checkpoint", "grpo",
            {**CPU, "max_steps": 6, "num_generations": 2, "per_device_batch_size": 2, "rollout_batch_size": 2,
             "rollout": {"max_completion_length": 8, "max_prompt_length": 1024}},

@@ -222,8 +222,8 @@ def test_retry_after_header_forms():
 def test_timed_out_requests_count_as_possibly_billed(teacher, api_key, tmp_path):
     """The provider may have finished (and billed) a request whose answer timed out: its worst
     case is counted and charged to the budget."""
-    teacher.inject("slow", count=2, delay=4.0)
-    client = _client(teacher.url, str(tmp_path), timeout_s=1.0, concurrency=1, max_tokens=100)
+    teacher.inject("slow", count=2, delay=1.5)
+    client = _client(teacher.url, str(tmp_path), timeout_s=0.5, concurrency=1, max_tokens=100)
     _complete_all(client, _prompts(1))
     worst = len(_prompts(1)[0][0]["content"]) // 3 + 1 + 100
     assert client.stats.retries["timeout"] == 2 and client.stats.possibly_billed_requests == 2
@@ -231,9 +231,9 @@ def test_timed_out_requests_count_as_possibly_billed(teacher, api_key, tmp_path)
     report = client.stats.as_dict(cost_known=True)
     assert report["possibly_billed"] == {"requests": 2, "tokens": 2 * worst, "cost_usd": 0.0}
     # the possibly billed tokens count against a token budget
-    budgeted = _client(teacher.url, str(tmp_path / "b"), timeout_s=1.0, concurrency=1, max_tokens=100, max_retries=5,
+    budgeted = _client(teacher.url, str(tmp_path / "b"), timeout_s=0.5, concurrency=1, max_tokens=100, max_retries=5,
                        budget={"max_tokens": 2 * worst + 50})
-    teacher.inject("slow", count=2, delay=4.0)
+    teacher.inject("slow", count=2, delay=1.5)
     with pytest.raises(BudgetExhausted, match="max_tokens="):
         _complete_all(budgeted, _prompts(1, "other"))
     assert budgeted.stats.possibly_billed_requests == 2 and budgeted.stats.responses == 0
