@@ -128,7 +128,7 @@ class StagedOutputs:
             try:
                 holder = storage.read_json(storage.join(staging, OWNER))
             except (storage.StorageError, ValueError):
-                holder = {}
+                holder = {"started": _created(staging)}  # killed before it wrote one, or writing it now
             if _gone(holder):
                 log.info("removing %s, left by an attempt of %s that was killed", staging, self.stage)
                 storage.delete(staging)
@@ -142,12 +142,17 @@ def _staging_folders(folder: str, prefix: str) -> list[str]:
     return sorted(p.name for p in path.iterdir() if p.name.startswith(prefix)) if path.is_dir() else []
 
 
+def _created(staging: str) -> float | None:
+    """When a local staging folder was made (None on GCS, where a folder has no time of its own)."""
+    return None if storage.is_gcs(staging) else Path(staging).stat().st_mtime
+
+
 def _gone(holder: Mapping[str, Any]) -> bool:
-    """Whether the attempt that owns a staging folder is over (a folder without an owner record
-    was killed before writing one)."""
+    """Whether the attempt that owns a staging folder is over: its process on this host is gone,
+    or it started more than :data:`STALE_AFTER_S` ago (a folder of unknown age is kept)."""
     started = holder.get("started")
     if not isinstance(started, (int, float)):
-        return True
+        return False
     return time.time() - started > STALE_AFTER_S or owner.gone(holder)
 
 
