@@ -11,7 +11,9 @@
     sidreasoner tiny-backbone --items URI [--corpus URI] [--sid-map URI] --out DIR [--vocab-size N ...]
 
 ``--config`` takes a path or the name of a profile in ``pipeline/configs/``. Every command
-validates the whole profile before doing anything else.
+validates the whole profile before doing anything else. An expected failure (bad config, bad
+input, storage trouble, a failed stage of ``run``) is printed as one line, ``error: ...``, with
+a non-zero exit (2 for config errors); ``--debug`` shows its traceback instead.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 import yaml
 
 from components.common.config import ConfigError
+from components.common.errors import ExpectedError
 from components.common.logs import setup_logging
 from pipeline.config import STAGES, RunConfig, load_config
 
@@ -257,32 +260,37 @@ def cmd_tiny_backbone(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sidreasoner", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an expected failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("validate", help="validate a profile and print it resolved")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)  # every command takes --debug
+
+    p = command("validate", help="validate a profile and print it resolved")
     _add_config_args(p)
     p.set_defaults(func=cmd_validate)
 
-    p = sub.add_parser("run", help="run the pipeline locally (kfp.local)")
+    p = command("run", help="run the pipeline locally (kfp.local)")
     _add_config_args(p)
     p.add_argument("--out", help="run folder (default build/runs/<name>-<time>)")
     p.add_argument("--verbose", action="store_true", help="also show what kfp's executor prints around each task "
                                                           "(its log lines and executor input/output JSON)")
     p.set_defaults(func=cmd_run)
 
-    p = sub.add_parser("compile", help="compile the pipeline to KFP IR YAML")
+    p = command("compile", help="compile the pipeline to KFP IR YAML")
     _cluster_args(p)
     p.add_argument("--out", required=True, help="IR file to write")
     p.set_defaults(func=cmd_compile)
 
-    p = sub.add_parser("submit", help="compile and start a run on a Kubeflow Pipelines host")
+    p = command("submit", help="compile and start a run on a Kubeflow Pipelines host")
     _cluster_args(p)
     p.add_argument("--host", required=True, help="KFP API endpoint")
     p.add_argument("--experiment", default="sidreasoner", help="KFP experiment")
     p.add_argument("--run-name")
     p.set_defaults(func=cmd_submit)
 
-    p = sub.add_parser("schedule", help="create a recurring run (scheduled retraining)")
+    p = command("schedule", help="create a recurring run (scheduled retraining)")
     _cluster_args(p)
     p.add_argument("--host", required=True, help="KFP API endpoint")
     p.add_argument("--cron", required=True, help="cron expression, 5 or 6 fields")
@@ -290,13 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", help="recurring run name")
     p.set_defaults(func=cmd_schedule)
 
-    p = sub.add_parser("lineage", help="print the chain from a model or run back to the catalog (MLflow)")
+    p = command("lineage", help="print the chain from a model or run back to the catalog (MLflow)")
     p.add_argument("target", help="models:/NAME@ALIAS, models:/NAME/VERSION, NAME@ALIAS, an MLflow run id "
                                   "or a run key")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI)")
     p.set_defaults(func=cmd_lineage)
 
-    p = sub.add_parser("serve", help="serve the registered model over HTTP (mlflow models serve)")
+    p = command("serve", help="serve the registered model over HTTP (mlflow models serve)")
     p.add_argument("--config", help="profile: serve models:/<retrain.registered_model>@<retrain.alias> from its "
                                     "tracking store")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a profile value")
@@ -309,14 +317,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a setting of the served model, e.g. engine=vllm or device=cuda (repeatable)")
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("demo-data", help="write a synthetic Amazon-2018-format catalog")
+    p = command("demo-data", help="write a synthetic Amazon-2018-format catalog")
     p.add_argument("--out", required=True)
     p.add_argument("--items", type=int, default=400)
     p.add_argument("--users", type=int, default=800)
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo_data)
 
-    p = sub.add_parser("tiny-backbone", help="build an offline tiny Qwen3 backbone from the catalog (+ corpus) text")
+    p = command("tiny-backbone", help="build an offline tiny Qwen3 backbone from the catalog (+ corpus) text")
     p.add_argument("--items", required=True, metavar="URI", help="items Parquet (tokenizer training text)")
     p.add_argument("--corpus", metavar="URI", help="corpus Parquet (more tokenizer training text)")
     p.add_argument("--sid-map", metavar="URI", help="sid_map Parquet: also add its SID tokens")
@@ -339,9 +347,11 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging()
     try:
         return args.func(args)
-    except ConfigError as exc:
+    except ExpectedError as exc:
+        if args.debug:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, create_model, model_validator
+from pydantic import Field, ValidationError, create_model, model_validator
 
 from components.common import storage
 from components.common.config import (
@@ -25,6 +25,8 @@ from components.common.config import (
     StorageConfig,
     TrackingConfig,
     apply_overrides,
+    check_no_secrets,
+    format_errors,
     load_yaml,
     parse_section,
 )
@@ -200,3 +202,21 @@ def load_config(config: str, overrides: list[str] | None = None) -> tuple[RunCon
     path = resolve_profile(config)
     data = apply_overrides(load_yaml(path), overrides or [])
     return parse_section(RunConfig, data), path.stem
+
+
+def validate_profile(data: dict[str, Any], section: str) -> None:
+    """Validate a whole profile for the CLI of the stage whose section is ``section``, as
+    ``sidreasoner validate`` does: every section and cross-section rule, each error naming its
+    key. A required section of another stage may be absent (a profile written for one stage);
+    then the cross-section rules, which need every section, are not checked.
+
+    Stage CLIs find this through the ``sidreasoner.profile`` entry point, which only the full
+    package declares (a stage image holds neither ``pipeline/`` nor the other stages' configs)."""
+    check_no_secrets(data)
+    try:
+        RunConfig.model_validate(data)
+    except ValidationError as exc:
+        errors = [err for err in exc.errors()
+                  if not (err["type"] == "missing" and len(err["loc"]) == 1 and err["loc"][0] != section)]
+        if errors:
+            raise ConfigError(format_errors(errors, RunConfig, "")) from None

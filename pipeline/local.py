@@ -7,7 +7,12 @@ A run folder holds everything of one run::
     DIR/mlflow.db       the MLflow store (sqlite) unless tracking.uri is set
     DIR/mlartifacts/    MLflow artifacts of that store
     DIR/run.json        run id, config, every stage's output URIs and metadata, every stage's
-                        stats, and the final metrics (evaluate's metrics table as rows)
+                        stats, and the final metrics (evaluate's metrics table as rows); for a
+                        failed run, the failed stage and its one-line message
+    DIR/failures/       where a failing task leaves its message (``SIDREASONER_FAILURE_DIR``)
+
+A failed run raises :class:`RunFailed`, an expected error whose message is the failed stage's
+own (``stage ingest failed: reviews.json.gz line 4: malformed JSON``), not kfp's summary.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ import io
 import json
 import logging
 import os
+import re
 import secrets
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -28,12 +35,23 @@ import yaml
 
 from components.common import hardware, lineage, storage
 from components.common.config import config_hash
+from components.common.errors import ExpectedError
 from components.common.logs import KFP_EXECUTOR_FORMAT
-from components.common.stage import StageContext, git_commit
+from components.common.stage import FAILURE_DIR_ENV, StageContext, git_commit
 from pipeline.config import DECLARATIONS, RunConfig
 from pipeline.dag import build_pipeline, output_name
 
 log = logging.getLogger(__name__)
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class RunFailed(ExpectedError, RuntimeError):
+    """A stage of a local run failed; the message is that stage's (its exit code too)."""
+
+    def __init__(self, message: str, exit_code: int = 1):
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_location: str | None) -> StageContext:
@@ -42,7 +60,8 @@ def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_loca
         git_commit=git_commit(), images={s: cfg.images.for_stage(s) for s in cfg.dag_stages()},
         tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
         artifact_location=artifact_location, cache_uri=cfg.storage.cache_uri, seed=cfg.run.seed,
-        final_stage=cfg.dag_stages()[-1],
+        final_stage=cfg.dag_stages()[-1], gcs_retry_deadline_s=cfg.storage.gcs_retry_deadline_s,
+        gcs_timeout_s=cfg.storage.gcs_timeout_s,
     )
 
 
@@ -134,6 +153,9 @@ def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) ->
     # Tasks run as subprocesses of this one and inherit this environment.
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    failures = out / "failures"
+    shutil.rmtree(failures, ignore_errors=True)
+    os.environ[FAILURE_DIR_ENV] = str(failures)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(out / "kfp"),
                raise_on_error=True)
     # The stage images exist only on a cluster; locally this interpreter has the same packages.
@@ -147,10 +169,16 @@ def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) ->
         with contextlib.redirect_stdout(sys.stdout if verbose else ExecutorNoiseFilter(sys.stdout)):
             result = pipeline_func(run_key=run_key)
     except BaseException as exc:
-        record.update(status="failed", error=str(exc))
+        failure = stage_failure(failures, _ANSI.sub("", str(exc)))
+        record.update(status="failed", failed_stage=failure["stage"], error=failure["message"])
         lineage.end_parent_run(parent_id, "FAILED")
         storage.write_json(out / "run.json", record)
-        raise
+        if not isinstance(exc, Exception):  # Ctrl-C, SystemExit: not a stage's failure
+            raise
+        raise RunFailed(f"stage {failure['stage']} failed: {failure['message']}" if failure["stage"]
+                        else failure["message"], failure.get("exit_code", 1)) from exc
+    finally:
+        os.environ.pop(FAILURE_DIR_ENV, None)
     stages = cfg.dag_stages()
     for stage in stages:
         outs = DECLARATIONS[stage].outputs
@@ -170,3 +198,14 @@ def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) ->
     lineage.end_parent_run(parent_id, "FINISHED")
     storage.write_json(out / "run.json", record)
     return record
+
+
+def stage_failure(folder: Path, runner_message: str) -> dict[str, Any]:
+    """What failed: the message a failing task left in ``folder`` (the first to fail, if several
+    did), else the runner's own message (a task killed before it could say anything)."""
+    records = sorted((storage.read_json(path) for path in folder.glob("*.json")),
+                     key=lambda r: (not r.get("expected"), r.get("stage", "")))
+    if records:
+        return records[0]
+    task = re.search(r"Inner task failed: (\S+?)\.?$", runner_message.strip())
+    return {"stage": task.group(1) if task else None, "message": runner_message.strip(), "exit_code": 1}

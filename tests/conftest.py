@@ -1,6 +1,8 @@
 """Shared fixtures: real servers on 127.0.0.1 started (and stopped) by the tests themselves.
 
-* ``gcs_emulator``: gcp-storage-emulator, with STORAGE_EMULATOR_HOST pointing at it.
+* ``gcs_emulator``: gcp-storage-emulator, with STORAGE_EMULATOR_HOST pointing at it;
+  ``gcs_bucket``: a fresh bucket there; ``gcs_preconditions``: the emulator behind a proxy that
+  enforces GCS's generation preconditions (tests/faults.py), for this test and its subprocesses.
 * ``mlflow_server``: ``mlflow server`` with a sqlite store.
 * ``demo_data``: a small synthetic Amazon-2018 catalog.
 * ``office_pack``: the shared real Office release pack (skips when ../shared is absent).
@@ -110,6 +112,22 @@ def gcs_bucket(gcs_emulator, request) -> str:
     name = name.rstrip("-") + f"-{time.monotonic_ns() % 100000}"
     storage.gcs_client().create_bucket(name)
     return f"gs://{name}"
+
+
+@pytest.fixture
+def gcs_preconditions(gcs_emulator, monkeypatch) -> Iterator[str]:
+    """STORAGE_EMULATOR_HOST at a :class:`tests.faults.PreconditionProxy` in front of the
+    emulator (which does not enforce ``ifGenerationMatch`` itself); yields the proxy's URL."""
+    from components.common import storage
+    from tests.faults import PreconditionProxy
+
+    with PreconditionProxy(gcs_emulator) as proxy:
+        monkeypatch.setenv("STORAGE_EMULATOR_HOST", proxy.url)
+        storage.gcs_client.cache_clear()
+        try:
+            yield proxy.url
+        finally:
+            storage.gcs_client.cache_clear()
 
 
 @pytest.fixture(scope="session")

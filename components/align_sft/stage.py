@@ -87,4 +87,4 @@ def run(cfg: AlignSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outpu
     stats = sft.run_sft(stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"], input_digests=digests,
                         prepare_base=prepare_base, encode=encode, record=record, sid_vocab=list(catalog.tokens),
                         gpus=gpus, validation=validation_sample(valid, catalog, cfg.validation))
-    return finish_stage(NAME, cfg, tracker, outputs, stats, digests)
+    return finish_stage(NAME, cfg, tracker, outputs, stats, digests, model_uri=ctx.uri_of("model", outputs["model"]))

@@ -8,6 +8,12 @@ profile before any stage runs; each stage then receives only its own section (as
 
 Validation is strict: unknown keys, wrong types (``"3"`` for an int) and impossible values are
 errors that name the dotted key, e.g. ``ingest.preprocess.k_core: must be >= 1 (got 0)``.
+
+Secrets never enter a profile: a key named like a credential (``api_key``, ``token``,
+``password``, ``secret`` ...) holding a literal value is refused wherever it is, free-form
+passthroughs (``teacher.extra_params``, ``trainer_args``) included, because a profile is logged
+to MLflow as params and compiled into the pipeline IR (:func:`check_no_secrets`). Keys come from
+environment variables, set from Kubernetes Secrets on a cluster (``kubernetes.secrets``).
 """
 
 from __future__ import annotations
@@ -41,7 +47,19 @@ __all__ = [
     "parse_section",
     "parse_section_json",
     "config_hash",
+    "check_no_secrets",
+    "check_profile_sections",
+    "SHARED_SECTIONS",
+    "STAGE_SECTIONS",
 ]
+
+#: Top-level sections of a run profile that every stage image knows (their classes live here).
+SHARED_SECTIONS: tuple[str, ...] = ("run", "resources", "images", "tracking", "storage", "kubernetes")
+#: The stages' sections (``Stage.config_key``). A stage image holds only its own stage's config
+#: class, so its CLI checks the other sections' names against this list; ``pipeline.config``
+#: builds ``RunConfig`` from the declarations and a test keeps the two equal.
+STAGE_SECTIONS: tuple[str, ...] = ("retrain", "ingest", "sid_quantize", "baselines", "teacher_corpus", "align_sft",
+                                   "reason_sft", "grpo", "evaluate")
 
 
 class ConfigError(ExpectedError, ValueError):
@@ -162,6 +180,12 @@ class StorageConfig(Section):
     """KFP pipeline root for compiled runs (local runs use the run folder)."""
     cache_uri: str = "build/cache"
     """Content-addressed caches shared across runs (embeddings, teacher responses)."""
+    gcs_retry_deadline_s: float | None = Field(None, gt=0)
+    """How long a failing GCS call is retried (back-off between tries) before the stage fails
+    naming the URI; null: the ``SIDREASONER_GCS_RETRY_DEADLINE`` environment variable, else 300."""
+    gcs_timeout_s: float | None = Field(None, gt=0)
+    """How long one GCS request may take (a dead connection is noticed after this); null: the
+    ``SIDREASONER_GCS_TIMEOUT`` environment variable, else 60."""
 
 
 class SecretEnv(Section):
@@ -269,8 +293,13 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 
 def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix: str) -> str:
+    return format_errors(exc.errors(), model, prefix)
+
+
+def format_errors(errors: list[Any], model: type[BaseModel], prefix: str) -> str:
+    """pydantic's errors of ``model`` as one message naming each dotted key under ``prefix``."""
     lines = []
-    for err in exc.errors():
+    for err in errors:
         loc = tuple(err["loc"])
         key = ".".join([prefix, *map(str, loc)] if prefix else map(str, loc))
         if err["type"] == "extra_forbidden":
@@ -290,6 +319,7 @@ def format_validation_error(exc: ValidationError, model: type[BaseModel], prefix
 
 def parse_section(model: type[S], data: Any, prefix: str = "") -> S:
     """Validate ``data`` as ``model``; a :class:`ConfigError` names each bad key under ``prefix``."""
+    check_no_secrets(data, prefix)
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -298,6 +328,12 @@ def parse_section(model: type[S], data: Any, prefix: str = "") -> S:
 
 def parse_section_json(model: type[S], text: str, prefix: str = "") -> S:
     """Like :func:`parse_section` for a JSON document (dates and enums arrive as strings)."""
+    try:
+        check_no_secrets(json.loads(text), prefix)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"{prefix or 'config'}: not a JSON document ({exc})") from None
     try:
         return model.model_validate_json(text)
     except ValidationError as exc:
@@ -308,3 +344,55 @@ def config_hash(section: BaseModel) -> str:
     """Stable short digest of a validated config (tags the MLflow run; keys caches)."""
     canonical = json.dumps(section.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+# ----------------------------------------------------------------------------------------------
+# Secrets and section names
+# ----------------------------------------------------------------------------------------------
+
+#: A key named like a credential: the last word of its name is one of these.
+_SECRET_KEY = re.compile(
+    r"(?:^|[_\-.])(?:api[_\-]?key|apikey|access[_\-]?key|secret[_\-]?key|private[_\-]?key|client[_\-]?secret|"
+    r"secret|token|password|passwd|pwd|credentials?)$", re.IGNORECASE)
+#: Keys whose values are names by contract (``env: {TEACHER_API_KEY: api-key}``), not secrets.
+_NAMES_ONLY = ("kubernetes.secrets",)
+
+
+def check_no_secrets(data: Any, prefix: str = "") -> None:
+    """Refuse a literal value (text or number) under a key named like a credential, anywhere in
+    ``data``; the :class:`ConfigError` names each such key (never its value)."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if path in _NAMES_ONLY:
+            return
+        if isinstance(node, dict):
+            for key, value in node.items():
+                where = f"{path}.{key}" if path else str(key)
+                if (_SECRET_KEY.search(str(key)) and not isinstance(value, bool)
+                        and isinstance(value, (str, int, float)) and str(value).strip()):
+                    found.append(where)
+                walk(value, where)
+        elif isinstance(node, list):
+            for i, value in enumerate(node):
+                walk(value, f"{path}.{i}" if path else str(i))
+
+    walk(data, prefix)
+    if found:
+        raise ConfigError(
+            "invalid configuration:\n  " + "\n  ".join(
+                f"{key}: looks like a secret (a literal value under a credential's name); a profile is logged "
+                "to MLflow and compiled into the pipeline IR, so put the value in an environment variable "
+                "instead (teacher_corpus.teacher.api_key_env names the teacher's), set from a Kubernetes "
+                "Secret on a cluster (kubernetes.secrets)" for key in found))
+
+
+def check_profile_sections(data: dict[str, Any], known: tuple[str, ...]) -> None:
+    """Refuse top-level keys that are no section of ``known``, with a did-you-mean."""
+    lines = []
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1)
+            lines.append(f"{key}: unknown key" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    if lines:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines))

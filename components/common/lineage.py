@@ -20,6 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from components.common import owner
 from components.common.logs import redact
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,9 @@ TAG_GIT = "mlflow.source.git.commit"
 #: metrics), not GenAI development (traces, judges), which it would infer from an untagged one.
 TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+#: Where a stage run's process runs (a later attempt closes the run if that process is gone).
+TAG_HOST = "sidreasoner.host"
+TAG_PID = "sidreasoner.pid"
 
 
 def _mlflow():
@@ -220,6 +224,22 @@ class StageRun:
             client.set_tag(parent, key, redact(str(value)))
 
 
+def close_killed_attempts(experiment_id: str, run_key: str, stage: str) -> list[str]:
+    """Mark FAILED the runs of ``stage`` left RUNNING by killed attempts: those of pipeline run
+    ``run_key``, and those whose process on this host is gone; returns their ids."""
+    client = _mlflow().MlflowClient()
+    running = client.search_runs(
+        [experiment_id], filter_string=f"tags.`{TAG_STAGE}` = '{stage}' AND attributes.status = 'RUNNING'")
+    stale = [run for run in running if run.data.tags.get(TAG_RUN_KEY) == run_key or owner.gone({
+        "host": run.data.tags.get(TAG_HOST), "pid": int(run.data.tags.get(TAG_PID, "0") or 0) or None})]
+    for run in stale:
+        client.set_tag(run.info.run_id, "sidreasoner.closed_by", "a later attempt of the stage (this one was killed)")
+        client.set_terminated(run.info.run_id, status="FAILED")
+        log.warning("MLflow: stage run %s of %s was left RUNNING by a killed attempt; marked FAILED",
+                    run.info.run_id, stage)
+    return [run.info.run_id for run in stale]
+
+
 @contextlib.contextmanager
 def stage_run(
     *,
@@ -235,13 +255,19 @@ def stage_run(
     """Open ``stage``'s nested run under the pipeline run's parent (created if missing).
 
     A failing stage marks the parent FAILED; the last stage of the DAG (``close_parent``)
-    marks it FINISHED when it succeeds.
+    marks it FINISHED when it succeeds. An earlier attempt of the same stage that is still
+    RUNNING was killed (a process cannot close its run after SIGKILL or a lost node): one of the
+    same pipeline run (a retry), or one whose process on this host is gone (a stage CLI started
+    again), is marked FAILED first.
     """
     mlflow = _mlflow()
+    holder = owner.record()
     experiment_id = configure(tracking_uri, experiment, artifact_location)
     parent_id = ensure_parent_run(experiment_id, run_key, parent_tags, parent_name)
+    close_killed_attempts(experiment_id, run_key, stage)
     with mlflow.start_run(run_name=stage, parent_run_id=parent_id,
-                          tags={TAG_STAGE: stage, TAG_RUN_KEY: run_key}) as run:
+                          tags={TAG_STAGE: stage, TAG_RUN_KEY: run_key, TAG_HOST: holder["host"],
+                                TAG_PID: str(holder["pid"])}) as run:
         log.info("MLflow: stage run %s (parent %s) at %s", run.info.run_id, parent_id, tracking_uri)
         try:
             yield StageRun(run.info.run_id, stage)

@@ -11,6 +11,7 @@ import os
 import re
 import sys
 import time
+from typing import Any
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _MIN_SECRET_LEN = 6
@@ -44,6 +45,17 @@ def redact(text: str) -> str:
     return text
 
 
+def redact_values(obj: Any) -> Any:
+    """``obj`` (JSON-like: dicts, lists, text) with every secret removed from its text."""
+    if isinstance(obj, str):
+        return redact(obj)
+    if isinstance(obj, dict):
+        return {key: redact_values(value) for key, value in obj.items()}
+    if isinstance(obj, list):
+        return [redact_values(value) for value in obj]
+    return obj
+
+
 class RedactSecrets(logging.Filter):
     """Logging filter that scrubs secret environment values from every record."""
 
@@ -60,7 +72,8 @@ KFP_EXECUTOR_FORMAT = "[KFP Executor "
 
 
 def setup_logging(level: int = logging.INFO) -> None:
-    """Configure the root logger once per process (idempotent).
+    """Configure the root logger once per process (idempotent; a second call only points our
+    handler at the current ``sys.stderr``, which a caller may have replaced since).
 
     Inside a kfp task, the executor has already attached its own handler to the root logger:
     it is replaced, so that every record is printed once, in one format, redacted."""
@@ -69,7 +82,12 @@ def setup_logging(level: int = logging.INFO) -> None:
         fmt = getattr(handler.formatter, "_fmt", None) or ""
         if fmt.startswith(KFP_EXECUTOR_FORMAT):
             root.removeHandler(handler)
-    if any(isinstance(f, RedactSecrets) for h in root.handlers for f in h.filters):
+    ours = [h for h in root.handlers if any(isinstance(f, RedactSecrets) for f in h.filters)]
+    if ours:
+        for handler in ours:
+            if isinstance(handler, logging.StreamHandler) and handler.stream is not sys.stderr:
+                with handler.lock:  # not setStream: it flushes the old stream, which may be closed
+                    handler.stream = sys.stderr
         return
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))

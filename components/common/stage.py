@@ -23,10 +23,29 @@ optional ones), the run profile's section and the stage's Kubernetes resources
 declaration (to validate a profile or compile the DAG) costs no training library import.
 
 Either entry point goes through :meth:`Stage.execute`: every input is checked against its
-artifact contract and all inputs must share one SID space (:mod:`components.common.artifacts`)
+artifact contract, all inputs must share one SID space (:mod:`components.common.artifacts`), and
+an input its producer published must be whole and unchanged (:mod:`components.common.publish`)
 before anything else happens; then the stage's MLflow run opens, the config section is logged as
 params and every input and output with its content digest (each computed once), and ``run`` is
-called.
+called with *staging* URIs for its outputs, which are published together once it returns: a
+stage's outputs appear all at once or not at all, whatever the stage's code does.
+
+**Failures.** An :class:`~components.common.errors.ExpectedError` (bad input, bad config,
+storage trouble, a teacher that refuses) ends either entry point with its one-line message and
+exit code, naming final URIs (never staging ones); ``--debug`` shows the traceback. Under
+``sidreasoner run`` the message is also left in ``$SIDREASONER_FAILURE_DIR/<stage>.json`` for
+the run record. SIGTERM (a pod deleted, Ctrl-C from a parent) unwinds like an error, so the
+staging folders are removed.
+
+**Profile validation on the CLI.** A stage CLI validates the whole profile, every ``--set``
+override included, before any work, so a typo in any section (``--set
+ingset.preprocess.k_core=50``) stops it as ``sidreasoner validate`` would. Where the full package
+is installed (the dev venv) that is ``pipeline.config.validate_profile``, found through the
+``sidreasoner.profile`` entry point: every section and cross-section rule. A stage image holds
+only its own package and the common code it reaches (``pipeline/images.py``), so there the CLI
+checks what it can without the other stages' config classes: no key anywhere holds a secret,
+every top-level key is a known section (did-you-mean for typos), the shared sections and its own
+section are valid; the contents of other stages' sections are not checked there.
 """
 
 from __future__ import annotations
@@ -38,31 +57,39 @@ import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field
 
-from components.common import artifacts, hardware, lineage, storage
+from components.common import artifacts, hardware, lineage, publish, storage
 from components.common.artifacts import ArtifactKind
 from components.common.config import (
+    SHARED_SECTIONS,
+    STAGE_SECTIONS,
     ConfigError,
+    ImagesConfig,
+    KubernetesConfig,
     ResourceSpec,
     RunSection,
     Section,
     StorageConfig,
     TrackingConfig,
     apply_overrides,
+    check_no_secrets,
+    check_profile_sections,
     config_hash,
     load_yaml,
     parse_section,
     parse_section_json,
 )
-from components.common.errors import ExpectedError
+from components.common.errors import ExpectedError, InputError
 from components.common.logs import setup_logging
 
 log = logging.getLogger(__name__)
@@ -105,6 +132,10 @@ class StageContext(Section):
     and the model registry record these."""
     input_digests: dict[str, str] = Field(default_factory=dict)
     """Content digest of each input, computed once by :meth:`Stage.execute`."""
+    gcs_retry_deadline_s: float | None = None
+    """``storage.gcs_retry_deadline_s`` of the profile (None: the environment's or the default)."""
+    gcs_timeout_s: float | None = None
+    """``storage.gcs_timeout_s`` of the profile (None: the environment's or the default)."""
 
     def uri_of(self, name: str, path: str) -> str:
         return self.artifact_uris.get(name, path)
@@ -196,17 +227,33 @@ class Stage:
         artifacts.check_same_sid_space({
             name: (uri, artifacts.sid_space_of(self.inputs[name].kind.name, uri)) for name, uri in inputs.items()})
 
+    def check_published(self, inputs: Mapping[str, str], digests: Mapping[str, str]) -> None:
+        """An input its producer published is whole (not from an interrupted publish) and still
+        the bytes it published."""
+        for name, uri in inputs.items():
+            producer = self.inputs[name].source.split(".", 1)[0]
+            recorded = publish.published_digest(uri, producer, name)
+            if recorded is not None and recorded != digests[name]:
+                raise InputError(f"input {name}: {uri} changed after {producer} published it (digest "
+                                 f"{digests[name]}, published {recorded}); run {producer} again or restore it")
+
     def execute(self, cfg: Section, ctx: StageContext, inputs: Mapping[str, str],
                 outputs: Mapping[str, str]) -> dict[str, dict[str, Any]]:
-        """Run the stage inside its MLflow run; returns per-output metadata."""
+        """Run the stage inside its MLflow run, its outputs staged and published together;
+        returns per-output metadata."""
         required = [n for n, spec in self.inputs.items() if not spec.optional]
         missing = [n for n in required if n not in inputs] + [n for n in self.outputs if n not in outputs]
-        unknown = set(inputs) - set(self.inputs)
+        unknown = sorted(set(inputs) - set(self.inputs)) + sorted(set(outputs) - set(self.outputs))
         if missing or unknown:
-            raise ValueError(f"{self.name}: missing artifact(s) {missing}, unknown input(s) {sorted(unknown)}")
+            raise ValueError(f"{self.name}: missing artifact(s) {missing}, unknown artifact(s) {unknown}")
+        storage.configure(ctx.gcs_retry_deadline_s, ctx.gcs_timeout_s)
         self.check_inputs(inputs)
-        ctx = ctx.model_copy(update={"input_digests": {name: storage.digest(uri) for name, uri in inputs.items()}})
+        digests = {name: storage.digest(uri) for name, uri in inputs.items()}
+        self.check_published(inputs, digests)
+        durable = {name: path for name, path in outputs.items() if name not in inputs}
+        ctx = ctx.model_copy(update={"input_digests": digests, "artifact_uris": {**durable, **ctx.artifact_uris}})
         run = self.run_function()
+        staged = publish.StagedOutputs(self.name, ctx.run_key, outputs)
         # a GPU stage first checks the node's driver, and records its GPUs and peak GPU memory
         with (hardware.gpu_stage() if self.image == "cuda" else contextlib.nullcontext()) as gpu, \
                 ctx.tracked(self.name) as tracker:
@@ -215,12 +262,23 @@ class Stage:
             for name, path in inputs.items():
                 tracker.log_dataset(name, ctx.uri_of(name, path), ctx.input_digests[name], context="input")
             log.info("%s: starting (run %s)", self.name, ctx.run_key)
-            metadata = run(cfg, ctx, inputs, outputs, tracker)
-            if gpu is not None and gpu.stats() and "stats" in outputs:
-                metadata.setdefault("stats", {}).update(gpu.stats())
+            try:
+                staging = staged.open()
+                metadata = run(cfg, ctx, inputs, staging, tracker)
+                if gpu is not None and gpu.stats() and "stats" in outputs:
+                    metadata.setdefault("stats", {}).update(gpu.stats())
+                for name, path in staging.items():
+                    meta = metadata.setdefault(name, {})
+                    if "digest" not in meta:  # the writers return theirs: no output is read twice
+                        meta["digest"] = storage.digest(path)
+                staged.publish({name: metadata[name]["digest"] for name in outputs})
+            except ExpectedError as exc:
+                exc.args = (staged.unstage(str(exc)),)  # name the final URIs, not the staging ones
+                raise
+            finally:
+                staged.discard()
             for name, path in outputs.items():
-                meta = metadata.setdefault(name, {})
-                meta.setdefault("digest", storage.digest(path))
+                meta = metadata[name]
                 tracker.log_dataset(name, ctx.uri_of(name, path), meta["digest"], context="output",
                                     extra={k: v for k, v in meta.items() if k != "digest"})
         log.info("%s: done; outputs: %s", self.name, dict(outputs))
@@ -229,18 +287,37 @@ class Stage:
     # -- kfp entry point -----------------------------------------------------------------------
 
     def from_kfp(self, config: str, context: str, run_key: str, **artifacts_: Any) -> None:
-        """Entry point of the stage's kfp component: artifacts are kfp Input/Output objects."""
+        """Entry point of the stage's kfp component: artifacts are kfp Input/Output objects.
+
+        An expected failure ends the task with its one-line message and exit code (no
+        traceback); any failure's message is also left for ``sidreasoner run``'s record."""
         setup_logging()
-        cfg = parse_section_json(self.config, config, self.config_key)
-        ctx = StageContext.model_validate_json(context)
-        ctx.run_key = run_key
-        present = {n: a for n, a in artifacts_.items() if a is not None}
-        inputs = {n: present[n].path for n in self.inputs if n in present}
-        outputs = {n: present[n].path for n in self.outputs}
-        ctx.artifact_uris = {n: a.uri for n, a in present.items() if a.uri and a.uri != a.path}
-        metadata = self.execute(cfg, ctx, inputs, outputs)
+        _terminate_on_sigterm()
+        try:
+            cfg = parse_section_json(self.config, config, self.config_key)
+            ctx = StageContext.model_validate_json(context)
+            ctx.run_key = run_key
+            present = {n: a for n, a in artifacts_.items() if a is not None}
+            inputs = {n: present[n].path for n in self.inputs if n in present}
+            outputs = {n: present[n].path for n in self.outputs}
+            ctx.artifact_uris = {n: a.uri for n, a in present.items() if a.uri and a.uri != a.path}
+            metadata = self.execute(cfg, ctx, inputs, outputs)
+        except ExpectedError as exc:
+            self._record_failure(str(exc), exc.exit_code, expected=True)
+            print(f"error: {exc}", file=sys.stderr, flush=True)
+            raise SystemExit(exc.exit_code) from None
+        except BaseException as exc:
+            self._record_failure(f"{type(exc).__name__}: {exc}", 1, expected=False)
+            raise
         for name, meta in metadata.items():
             artifacts_[name].metadata.update(meta)
+
+    def _record_failure(self, message: str, exit_code: int, expected: bool) -> None:
+        """Leave the failure's message where ``sidreasoner run`` reads it (``SIDREASONER_FAILURE_DIR``)."""
+        folder = os.environ.get(FAILURE_DIR_ENV)
+        if folder:
+            storage.write_json(storage.join(folder, f"{self.name}.json"), {
+                "stage": self.name, "message": message, "exit_code": exit_code, "expected": expected})
 
     # -- CLI entry point -----------------------------------------------------------------------
 
@@ -265,8 +342,10 @@ class Stage:
                                 help=("(optional) " if spec.optional else "") + f"{spec.kind.name} artifact: {spec.help}")
         args = parser.parse_args(argv)
         setup_logging()
+        _terminate_on_sigterm()
         try:
             profile = apply_overrides(load_yaml(args.config), args.set)
+            validate_profile(profile, self)
             cfg = parse_section(self.config, profile.get(self.config_key, {}), self.config_key)
             ctx = cli_context(profile, Path(args.config).stem, self.name, args.out, args.tracking_uri,
                               config_hash(cfg))
@@ -280,6 +359,35 @@ class Stage:
             return exc.exit_code
         print(json.dumps({"outputs": outputs, "metadata": metadata}, indent=2, default=str))
         return 0
+
+
+#: Where ``sidreasoner run`` asks its tasks to leave the message of a failure.
+FAILURE_DIR_ENV = "SIDREASONER_FAILURE_DIR"
+
+
+def _terminate_on_sigterm() -> None:
+    """SIGTERM unwinds like an error (``finally`` blocks run: staging folders are removed)."""
+    def stop(signum: int, _frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    with contextlib.suppress(ValueError):  # not the main thread: leave the default
+        signal.signal(signal.SIGTERM, stop)
+
+
+def validate_profile(profile: dict[str, Any], stage: Stage) -> None:
+    """Check the whole profile before any work (see the module docstring for the two ways)."""
+    full = [ep for ep in entry_points(group="sidreasoner.profile") if ep.name == "validate"]
+    if full:
+        full[0].load()(profile, stage.config_key)
+        return
+    check_no_secrets(profile)
+    check_profile_sections(profile, SHARED_SECTIONS + STAGE_SECTIONS)
+    for name, model in (("run", RunSection), ("images", ImagesConfig), ("tracking", TrackingConfig),
+                        ("storage", StorageConfig), ("kubernetes", KubernetesConfig)):
+        parse_section(model, profile.get(name, {}), name)
+    resources = profile.get("resources", {})
+    if isinstance(resources, dict) and stage.name in resources:
+        parse_section(ResourceSpec, resources[stage.name], f"resources.{stage.name}")
 
 
 def cli_context(profile: dict[str, Any], profile_name: str, stage: str, out: str,
@@ -302,6 +410,7 @@ def cli_context(profile: dict[str, Any], profile_name: str, stage: str, out: str
         config_hash=cfg_hash, git_commit=git_commit(), tracking_uri=uri,
         experiment=tracking.experiment, artifact_location=artifact_location,
         cache_uri=store.cache_uri, seed=run.seed, final_stage=stage,
+        gcs_retry_deadline_s=store.gcs_retry_deadline_s, gcs_timeout_s=store.gcs_timeout_s,
     )
 
 

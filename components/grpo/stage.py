@@ -126,7 +126,8 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     metrics = {"global_step": stats["global_step"], **stats["summary"]}
     if validated:
         metrics.update(kept_step=stats["validation"]["kept_step"], kept_valid_value=stats["validation"]["kept_value"])
-    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests, metrics=metrics)
+    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests,
+                        model_uri=ctx.uri_of("model", outputs["model"]), metrics=metrics)
 
 
 def check_beam_layout(cfg: GRPOStageConfig, world: int, catalog_size: int) -> None:

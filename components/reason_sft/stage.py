@@ -71,4 +71,5 @@ def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     stats = sft.run_sft(stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"],
                         input_digests=ctx.input_digests, prepare_base=prepare_base, encode=encode, record=record,
                         sid_vocab=list(catalog.tokens), gpus=gpus, validation=validation)
-    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests)
+    return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests,
+                        model_uri=ctx.uri_of("model", outputs["model"]))

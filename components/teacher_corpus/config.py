@@ -214,6 +214,11 @@ class TeacherConfig(Section):
     """Longest back-off delay."""
     budget: BudgetConfig = Field(default_factory=BudgetConfig)
     price: PriceConfig = Field(default_factory=PriceConfig)
+    cache_lease_s: float = Field(60.0, ge=5)
+    """Lifetime of a claim on a request, taken in the response cache before paying for it so that
+    concurrent runs sharing the cache never pay twice; renewed every third of it while the request
+    is in flight, so a crashed or hung holder's claim is taken over after at most this long. Keep
+    it well above the clock difference between the hosts sharing a cache."""
 
     @field_validator("api_key_env")
     @classmethod

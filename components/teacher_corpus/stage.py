@@ -14,6 +14,7 @@ Output contracts: :mod:`components.common.artifacts` (``corpus``, ``reasoning``)
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections import Counter
@@ -22,6 +23,7 @@ from typing import Any
 
 from components.common import storage
 from components.common.artifacts import CORPUS_SCHEMA, REASONING_SCHEMA, read_catalog, to_table, with_sid_space
+from components.common.errors import ExpectedError
 from components.common.lineage import StageRun
 from components.common.stage import StageContext
 from components.teacher_corpus import offline
@@ -44,7 +46,7 @@ from components.teacher_corpus.templates import load_templates
 log = logging.getLogger(__name__)
 
 
-class BudgetStop(RuntimeError):
+class BudgetStop(ExpectedError, RuntimeError):
     """The budget ran out and ``teacher.budget.on_exhausted`` is ``fail``."""
 
 
@@ -59,7 +61,7 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
     client: TeacherClient | None = None
     if teacher_cfg.backend == "litellm":
         templates = load_templates(cfg.enrichment.prompt_version, cfg.enrichment.prompts_uri)
-        cache = ResponseCache(cache_root(cfg, ctx))
+        cache = ResponseCache(cache_root(cfg, ctx), teacher_cfg.cache_lease_s)
         client = TeacherClient(teacher_cfg, cache, resolve_api_key(teacher_cfg), seed=ctx.seed)
         writer: TeacherWriter | OfflineWriter = TeacherWriter(client, templates)
         prompt_info = {step: {"hash": t.hash, "source": t.source} for step, t in templates.items()}
@@ -145,7 +147,7 @@ def _log_teacher(tracker: StageRun, client: TeacherClient | None, seconds: float
                  **Accounting().as_dict(cost_known=True), "seconds": round(seconds, 3), "requests_per_s": None}
     else:
         stats = {"backend": "litellm", "model": client.cfg.model, **client.stats.as_dict(client.pricing.known),
-                 "seconds": round(seconds, 3),
+                 "cache_claims": dataclasses.asdict(client.cache.claims), "seconds": round(seconds, 3),
                  "requests_per_s": round(client.stats.requests / seconds, 3) if seconds > 0 else None}
     tracker.log_metrics({"teacher": stats})
     return stats

@@ -4,9 +4,11 @@ and cached.
 One :meth:`TeacherClient.complete` call returns the text of one request:
 
 1. answered from the :class:`~components.teacher_corpus.cache.ResponseCache` when stored
-   (free: no budget, no slot, no rate limit);
-2. else sent through ``litellm.acompletion`` with at most ``concurrency`` requests in flight,
-   starts spaced to ``requests_per_minute``, a per-request timeout, and litellm's own retries
+   (free: no budget, no slot, no rate limit); a request already in flight in this process is
+   waited for, and one another process or machine is paying for (it holds the request's claim
+   in the cache) too: nothing is paid twice;
+2. else, holding the request's claim, sent through ``litellm.acompletion`` with at most
+   ``concurrency`` requests in flight, starts spaced to ``requests_per_minute``, a per-request timeout, and litellm's own retries
    switched off so that every retry is ours and counted;
 3. retried with exponential back-off and jitter on 429 (its Retry-After honoured, and every
    request pauses until then), 5xx, timeouts, connection errors and malformed responses (no
@@ -14,11 +16,15 @@ One :meth:`TeacherClient.complete` call returns the text of one request:
    :class:`TeacherError` (the cache keeps what was done);
 4. charged to the budget: each request reserves its worst case (1 request, a prompt estimate +
    ``max_tokens``, their price) before it is sent, so no limit is overshot by the requests in
-   flight; when a limit would be crossed :class:`BudgetExhausted` is raised instead;
-5. stored in the cache as soon as it arrives.
+   flight; when a limit would be crossed :class:`BudgetExhausted` is raised instead. A request
+   the provider may have completed and billed without our seeing the answer (it timed out, or
+   its 200 answer was unusable) is counted *possibly billed* at that worst case, and counts
+   against the budget;
+5. stored in the cache as soon as it arrives, secrets removed.
 
 The API key is read from the environment variable named in config, handed to litellm per call
-and registered for redaction; it is never logged, cached or returned.
+and registered for redaction; it is never logged, cached or returned, and an endpoint that
+echoes it inside an answer gets it replaced by ``***`` before the answer is used or stored.
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
+from components.common.errors import ExpectedError
 from components.common.logs import redact, register_secret
 from components.teacher_corpus.cache import ResponseCache, request_key
 from components.teacher_corpus.config import TeacherConfig
@@ -46,6 +53,8 @@ MAX_RETRY_AFTER_S = 600.0
 #: (conservative for English BPE vocabularies, which average about four).
 CHARS_PER_TOKEN = 3
 RETRY_CAUSES = ("rate_limited", "server_error", "timeout", "connection", "malformed")
+#: Failures after which the provider may have produced (and billed) an answer we never saw.
+MAYBE_BILLED = ("timeout", "malformed")
 
 
 def _litellm():
@@ -56,7 +65,7 @@ def _litellm():
     return litellm
 
 
-class TeacherError(RuntimeError):
+class TeacherError(ExpectedError, RuntimeError):
     """The teacher cannot be used (authentication, unknown model, retries exhausted): the stage
     stops. Responses received so far stay cached; a re-run resumes from them."""
 
@@ -109,6 +118,19 @@ class Accounting:
     """Summed wall time of the successful requests."""
     budget_exhausted: str | None = None
     """Which limit stopped new requests, if one did."""
+    possibly_billed_requests: int = 0
+    """Requests that timed out or got an unusable 200 answer: the provider may have billed them."""
+    possibly_billed_tokens: int = 0
+    """Their worst case (prompt estimate + ``max_tokens`` each), counted against the budget."""
+    possibly_billed_cost_usd: float = 0.0
+
+    @property
+    def spent_tokens(self) -> int:
+        return self.tokens_in + self.tokens_out + self.possibly_billed_tokens
+
+    @property
+    def spent_cost_usd(self) -> float:
+        return self.cost_usd + self.possibly_billed_cost_usd
 
     def as_dict(self, cost_known: bool) -> dict[str, Any]:
         return {
@@ -123,6 +145,8 @@ class Accounting:
             "mean_latency_s": round(self.latency_s / self.responses, 4) if self.responses else None,
             "budget_exhausted": self.budget_exhausted is not None,
             "budget_exhausted_by": self.budget_exhausted,
+            "possibly_billed": {"requests": self.possibly_billed_requests, "tokens": self.possibly_billed_tokens,
+                                "cost_usd": round(self.possibly_billed_cost_usd, 6) if cost_known else None},
         }
 
 
@@ -257,15 +281,16 @@ class TeacherClient:
             raise BudgetExhausted(self.stats.budget_exhausted)
         tokens = prompt_chars // CHARS_PER_TOKEN + 1 + self.cfg.max_tokens
         cost = self.pricing.cost(prompt_chars // CHARS_PER_TOKEN + 1, self.cfg.max_tokens) or 0.0
-        spent_tokens = self.stats.tokens_in + self.stats.tokens_out
+        spent_tokens = self.stats.spent_tokens
         exceeded = None
         if budget.max_requests is not None and self.stats.requests + self._reserved["requests"] + 1 > budget.max_requests:
             exceeded = f"max_requests={budget.max_requests} ({self.stats.requests} sent)"
         elif budget.max_tokens is not None and spent_tokens + self._reserved["tokens"] + tokens > budget.max_tokens:
             exceeded = (f"max_tokens={budget.max_tokens} ({spent_tokens} used; the next request may take "
                         f"up to {tokens})")
-        elif budget.max_cost_usd is not None and self.stats.cost_usd + self._reserved["cost"] + cost > budget.max_cost_usd:
-            exceeded = (f"max_cost_usd={budget.max_cost_usd} (${self.stats.cost_usd:.4f} spent; the next "
+        elif (budget.max_cost_usd is not None
+              and self.stats.spent_cost_usd + self._reserved["cost"] + cost > budget.max_cost_usd):
+            exceeded = (f"max_cost_usd={budget.max_cost_usd} (${self.stats.spent_cost_usd:.4f} spent; the next "
                         f"request may cost up to ${cost:.4f})")
         if exceeded:
             self.stats.budget_exhausted = exceeded
@@ -291,20 +316,30 @@ class TeacherClient:
             # the same request is in flight for another job: share its answer, do not send it twice
             await asyncio.shield(self._inflight[key])
         if entry is not None:
-            usage = entry.get("usage", {})
-            self.stats.cache_hits += 1
-            self.stats.cached_tokens_in += usage.get("prompt_tokens", 0)
-            self.stats.cached_tokens_out += usage.get("completion_tokens", 0)
-            self.stats.cost_saved_usd += entry.get("cost_usd") or 0.0
-            return Completion(entry["text"], key, True, usage.get("prompt_tokens", 0),
-                              usage.get("completion_tokens", 0), entry.get("cost_usd"))
+            return self._hit(key, entry)
         done = asyncio.get_running_loop().create_future()
         self._inflight[key] = done
         try:
-            return await self._request(key, messages, attempt)
+            entry, claim = await self.cache.claim(key)  # another process may be paying for it
+            if entry is not None:
+                return self._hit(key, entry)
+            try:
+                return await self._request(key, messages, attempt)
+            finally:
+                await asyncio.shield(self.cache.release(claim))
         finally:
             del self._inflight[key]
             done.set_result(None)
+
+    def _hit(self, key: str, entry: dict[str, Any]) -> Completion:
+        """An answer from the cache: free, and counted as a hit."""
+        usage = entry.get("usage", {})
+        self.stats.cache_hits += 1
+        self.stats.cached_tokens_in += usage.get("prompt_tokens", 0)
+        self.stats.cached_tokens_out += usage.get("completion_tokens", 0)
+        self.stats.cost_saved_usd += entry.get("cost_usd") or 0.0
+        return Completion(entry["text"], key, True, usage.get("prompt_tokens", 0),
+                          usage.get("completion_tokens", 0), entry.get("cost_usd"))
 
     async def _request(self, key: str, messages: list[dict[str, str]], attempt: int) -> Completion:
         prompt_chars = sum(len(m["content"]) for m in messages)
@@ -320,10 +355,14 @@ class TeacherClient:
                 latency = time.monotonic() - started
                 text, tokens_in, tokens_out = self._parse(response, prompt_chars)
             except BaseException as exc:
+                cause = classify(exc) if isinstance(exc, Exception) else None
+                if cause in MAYBE_BILLED and "requests" not in reservation:  # sent: the provider may bill it
+                    self.stats.possibly_billed_requests += 1
+                    self.stats.possibly_billed_tokens += reservation["tokens"]
+                    self.stats.possibly_billed_cost_usd += reservation["cost"]
                 self._release(reservation)
                 if not isinstance(exc, Exception):  # cancellation, KeyboardInterrupt, SystemExit
                     raise
-                cause = classify(exc)
                 if cause is None:
                     raise self._not_retryable(exc) from None
                 if retry == self.cfg.max_retries:
@@ -375,6 +414,7 @@ class TeacherClient:
             raise MalformedResponse("response without choices") from None
         if not isinstance(text, str) or not text.strip():
             raise MalformedResponse("response without text")
+        text = redact(text)  # an endpoint that echoes the key must not get it into any output
         usage = getattr(response, "usage", None)
         tokens_in = getattr(usage, "prompt_tokens", None) or prompt_chars // CHARS_PER_TOKEN + 1
         tokens_out = getattr(usage, "completion_tokens", None) or len(text) // CHARS_PER_TOKEN + 1

@@ -16,6 +16,7 @@ from pathlib import Path
 import yaml
 
 from components.common import storage
+from components.common.errors import InputError
 
 PACKAGED = Path(__file__).parent / "prompts"
 
@@ -29,7 +30,7 @@ STEP_FIELDS: dict[str, set[str]] = {
 STEPS = tuple(STEP_FIELDS)
 
 
-class TemplateError(ValueError):
+class TemplateError(InputError):
     """A template file is missing or malformed; the message names the file."""
 
 

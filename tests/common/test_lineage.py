@@ -127,3 +127,20 @@ def test_stages_starting_together_converge_on_one_parent(mlflow_server, monkeypa
                                   filter_string=f"tags.mlflow.parentRunId = '{parents[0].info.run_id}'")
     assert {r.data.tags[lineage.TAG_STAGE] for r in children} == {"previous_model", "ingest"}
     assert parents[0].info.status == "RUNNING"  # neither is the final stage
+
+
+def test_a_killed_attempt_left_running_is_closed_by_the_next(mlflow_server):
+    ctx = _ctx(mlflow_server, "kfp-run-killed", final="evaluate")
+    client = _client(mlflow_server)
+    experiment_id = lineage.configure(mlflow_server, "lineage-test")
+    parent = lineage.ensure_parent_run(experiment_id, "kfp-run-killed", {}, "p-killed")
+    killed = client.create_run(experiment_id, run_name="ingest", tags={
+        "mlflow.parentRunId": parent, lineage.TAG_STAGE: "ingest", lineage.TAG_RUN_KEY: "kfp-run-killed"})
+    other_stage = client.create_run(experiment_id, run_name="sid_quantize", tags={
+        "mlflow.parentRunId": parent, lineage.TAG_STAGE: "sid_quantize", lineage.TAG_RUN_KEY: "kfp-run-killed"})
+    with ctx.tracked("ingest") as tracker:
+        assert client.get_run(killed.info.run_id).info.status == "FAILED"  # closed when the retry starts
+        retry = tracker.run_id
+    assert client.get_run(retry).info.status == "FINISHED"
+    assert client.get_run(other_stage.info.run_id).info.status == "RUNNING"  # another stage's run is left alone
+    assert client.get_run(killed.info.run_id).data.tags["sidreasoner.closed_by"].startswith("a later attempt")

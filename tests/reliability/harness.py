@@ -9,7 +9,18 @@ and asserts what issue 13 asks of every failure:
 * its message names the file, line or field (``names``) and says what the row expects
   (``says``), and gives no advice that does not apply (``never_says``);
 * nothing is left under ``--out`` (no items without samples, no temp file), except what the row
-  allows (``keeps``).
+  allows (``keeps``);
+* no secret reaches the message or any file under the row's folder: every row runs with
+  :data:`SECRET` in a secret-named environment variable (and the teacher's API key when it
+  calls one), and rows may put it in their input too;
+* no teacher request was paid twice (rows using the local teacher server, ``uses=("teacher",)``).
+
+A fault the stage must *recover* from (a teacher that answers 429, two runs sharing a cache, a
+killed run started again) is a row with ``recovers=True``: it must succeed, its outputs complete
+(published together, :mod:`components.common.publish`), with the same secret and payment checks.
+
+A row may use fixtures (``uses``: ``teacher`` -- a fresh local teacher server, ``gcs_bucket``,
+``tiny_model``, ``hashed_encoder`` ...); its builder receives those it names as parameters.
 
 To add a row for another stage: write a builder ``(root: Path) -> StageCall`` that puts the
 stage's inputs (valid but for the one defect) under ``root`` and a profile with
@@ -24,8 +35,11 @@ the real command line (:func:`run_cli`).
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
 import logging
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -41,6 +55,8 @@ from components.common.errors import ExpectedError, InputError
 REPO = Path(__file__).resolve().parents[2]
 
 TRACEBACK = "Traceback (most recent call last)"
+#: A secret every row's process can see (in a secret-named variable): it must never be written.
+SECRET_ENV, SECRET = "RELIABILITY_API_TOKEN", "sk-reliability-6f1d0c9e2b7a4d3c"
 
 
 @dataclass(frozen=True)
@@ -81,9 +97,15 @@ class Case:
     error: type[ExpectedError] = InputError
     keeps: tuple[str, ...] = ()
     """Glob patterns of what may remain under ``--out`` after the failure."""
+    uses: tuple[str, ...] = ()
+    """Fixtures the builder takes as keyword arguments (``teacher``, ``gcs_bucket`` ...)."""
+    recovers: bool = False
+    """The stage must recover from this fault and succeed."""
+    then: Callable[..., None] | None = None
+    """More checks after the run: ``then(call, outcome, **fixtures)``."""
 
-    def param(self) -> Any:
-        return pytest.param(self, id=self.id)
+    def param(self, *marks: Any) -> Any:
+        return pytest.param(self, id=self.id, marks=marks)
 
 
 @dataclass
@@ -154,11 +176,61 @@ def assert_failed_clearly(case: Case, call: StageCall, outcome: Outcome) -> None
     assert leftovers(call, case.keeps) == [], f"{case.id}: partial output left under {call.out}"
 
 
-def check(case: Case, root: Path, tracking_uri: str, capsys: pytest.CaptureFixture) -> Outcome:
-    """Build the row's input under ``root``, run the stage in-process, assert a clear failure."""
-    call = case.build(root)
-    outcome = run_in_process(call, tracking_uri, capsys)
-    assert_failed_clearly(case, call, outcome)
+def assert_recovered(case: Case, call: StageCall, outcome: Outcome) -> None:
+    """The assertions of a row the stage must recover from: it succeeded, outputs complete."""
+    assert outcome.exit_code == 0 and not outcome.traceback, f"{case.id}: did not recover:\n{outcome.message}"
+    stage = importlib.import_module(f"components.{call.stage}").STAGE
+    record = json.loads((call.out / f"_PUBLISH.{call.stage}.json").read_text())
+    assert record["state"] == "complete" and set(record["outputs"]) == set(stage.outputs)
+    assert not list(call.out.glob(".staging-*")), f"{case.id}: a staging folder was left"
+
+
+def assert_no_secret(case: Case, root: Path, outcome: Outcome, tracking_uri: str) -> None:
+    """No secret in the message, in any file under the row's folder, or in the MLflow store."""
+    secrets = [SECRET, *(v for k, v in os.environ.items() if k.endswith("_API_KEY") and len(v) >= 8)]
+    store = Path(tracking_uri.removeprefix("sqlite:///"))
+    files = [p for p in root.rglob("*") if p.is_file()] + ([store] if store.is_file() else [])
+    for secret in secrets:
+        assert secret not in outcome.message, f"{case.id}: a secret in the message"
+        leaked = [str(p) for p in files if secret.encode() in p.read_bytes()]
+        assert not leaked, f"{case.id}: a secret written to {leaked}"
+
+
+def assert_paid_once(case: Case, root: Path, teacher: Any) -> None:
+    """Every answer the teacher gave went to its own cache entry: no request (model, messages,
+    parameters, attempt) was paid for twice, by one run or by several sharing the cache."""
+    answered = [r for r in teacher.requests if r.fault is None]
+    stored = [p for p in root.rglob("*.json") if re.fullmatch(r"[0-9a-f]{64}\.json", p.name)]
+    assert len(answered) == len(stored), f"{case.id}: {len(answered)} answers paid for, {len(stored)} stored"
+
+
+def build_with(build: Callable[..., StageCall], root: Path, fixtures: dict[str, Any]) -> StageCall:
+    """Call a row's builder with the fixtures it names as parameters (others only set things up,
+    e.g. ``hashed_encoder``)."""
+    wanted = inspect.signature(build).parameters
+    return build(root, **{name: value for name, value in fixtures.items() if name in wanted})
+
+
+def check(case: Case, root: Path, tracking_uri: str, capsys: pytest.CaptureFixture,
+          request: pytest.FixtureRequest | None = None) -> Outcome:
+    """Build the row's input under ``root``, run the stage in-process, assert a clear failure
+    (or, for a ``recovers`` row, a success), no secret written and nothing paid twice."""
+    fixtures = {name: request.getfixturevalue(name) for name in case.uses} if case.uses else {}
+    os.environ[SECRET_ENV] = SECRET
+    try:
+        call = build_with(case.build, root, fixtures)
+        outcome = run_in_process(call, tracking_uri, capsys)
+    finally:
+        del os.environ[SECRET_ENV]
+    if case.recovers:
+        assert_recovered(case, call, outcome)
+    else:
+        assert_failed_clearly(case, call, outcome)
+    assert_no_secret(case, root, outcome, tracking_uri)
+    if "teacher" in fixtures:
+        assert_paid_once(case, root, fixtures["teacher"])
+    if case.then is not None:
+        case.then(call, outcome, **fixtures)
     return outcome
 
 

@@ -411,7 +411,8 @@ def test_baseline_of_each_format_ingests(build, tmp_path, tracking_uri, capsys):
     call = build(tmp_path)
     outcome = run_in_process(call, tracking_uri, capsys)
     assert outcome.exit_code == 0, outcome.message
-    assert {p.name for p in call.out.iterdir()} == {"items.parquet", "samples.parquet", "stats.json"}
+    assert {p.name for p in call.out.iterdir()} == {"items.parquet", "samples.parquet", "stats.json",
+                                                    "_PUBLISH.ingest.json"}
 
 
 @pytest.mark.parametrize("case", [case.param() for case in TABLE])

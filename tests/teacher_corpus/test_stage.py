@@ -22,6 +22,7 @@ import yaml
 from components.common.artifacts import read_catalog
 from components.common.sid import find_sids
 from components.teacher_corpus import STAGE
+from components.teacher_corpus.cache import CLAIMS
 from components.teacher_corpus.stage import BudgetStop, run
 from components.teacher_corpus.teacher import TeacherError
 from components.teacher_corpus.validation import generic_words, target_leaks
@@ -184,7 +185,8 @@ def test_fatal_teacher_error_writes_nothing_but_logs_the_accounting(tmp_path, ap
 
 
 def _cached_prompts(cache: Path) -> set[str]:
-    return {json.dumps(json.loads(p.read_text())["messages"]) for p in cache.rglob("*.json")}
+    return {json.dumps(json.loads(p.read_text())["messages"]) for p in cache.rglob("*.json")
+            if CLAIMS not in p.parts}
 
 
 def test_killed_run_restarts_without_duplicate_calls(tmp_path, api_key, mlflow_server):

@@ -217,3 +217,34 @@ def test_retry_after_header_forms():
     when = dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=30)
     assert 20 < _retry_after(Limited({"retry-after": email.utils.format_datetime(when, usegmt=True)})) <= 30
     assert _retry_after(Limited({})) is None and _retry_after(Limited({"retry-after": "soon"})) is None
+
+
+def test_timed_out_requests_count_as_possibly_billed(teacher, api_key, tmp_path):
+    """The provider may have finished (and billed) a request whose answer timed out: its worst
+    case is counted and charged to the budget."""
+    teacher.inject("slow", count=2, delay=1.5)
+    client = _client(teacher.url, str(tmp_path), timeout_s=0.5, concurrency=1, max_tokens=100)
+    _complete_all(client, _prompts(1))
+    worst = len(_prompts(1)[0][0]["content"]) // 3 + 1 + 100
+    assert client.stats.retries["timeout"] == 2 and client.stats.possibly_billed_requests == 2
+    assert client.stats.possibly_billed_tokens == 2 * worst
+    report = client.stats.as_dict(cost_known=True)
+    assert report["possibly_billed"] == {"requests": 2, "tokens": 2 * worst, "cost_usd": 0.0}
+    # the possibly billed tokens count against a token budget
+    budgeted = _client(teacher.url, str(tmp_path / "b"), timeout_s=0.5, concurrency=1, max_tokens=100, max_retries=5,
+                       budget={"max_tokens": 2 * worst + 50})
+    teacher.inject("slow", count=2, delay=1.5)
+    with pytest.raises(BudgetExhausted, match="max_tokens="):
+        _complete_all(budgeted, _prompts(1, "other"))
+    assert budgeted.stats.possibly_billed_requests == 2 and budgeted.stats.responses == 0
+
+
+def test_a_key_echoed_in_an_answer_is_redacted_before_it_is_used_or_stored(api_key, tmp_path):
+    from tests.teacher_server import TeacherServer, echo_sids
+
+    with TeacherServer(respond=lambda messages: f"{echo_sids(messages)} (served for key {API_KEY})") as server:
+        client = _client(server.url, str(tmp_path))
+        texts = _complete_all(client, _prompts(3))
+    assert all("(served for key ***)" in t for t in texts) and not any(API_KEY in t for t in texts)
+    stored = [p.read_text() for p in tmp_path.rglob("*.json")]
+    assert len(stored) == 3 and not any(API_KEY in text for text in stored)

@@ -66,7 +66,7 @@ def _fetch_dir(uri: str, local: Path) -> None:
     if storage.is_gcs(uri):
         storage.download_dir(uri, local)
     else:
-        shutil.copytree(uri, local, ignore=shutil.ignore_patterns(storage.MANIFEST))
+        shutil.copytree(uri, local)  # with its manifest: the copy's digest needs no second read
 
 
 def _delete_dir(uri: str) -> None:

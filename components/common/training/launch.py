@@ -266,7 +266,7 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
         with (around(payload) if around else contextlib.nullcontext()):
             result = run_job(job, work / JOB_FILE, cfg.launch, cfg.bf16, gpu_ids)
         checkpoints.publish_final(final, uri)
-    storage.copy(str(final), output)
+    stats["model_digest"] = storage.copy(str(final), output)
     checkpoints.drop_all(uri)  # published: a retry reuses <uri>/final, the optimizer states can go
     if cfg.checkpoint.uri is None:
         checkpoints.prune_jobs(storage.join(ctx.cache_uri, "checkpoints", stage), cfg.checkpoint.cache_jobs)

@@ -79,15 +79,17 @@ def log_model(*, run_id: str, name: str, model_dir: Path | None, model_uri: str,
 
 
 def finish_stage(stage: str, cfg: TrainerSettings, tracker: Any, outputs: Mapping[str, str],
-                 stats: dict[str, Any], lineage: Mapping[str, str],
+                 stats: dict[str, Any], lineage: Mapping[str, str], *, model_uri: str,
                  metrics: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
     """Stats artifact, MLflow metrics (``metrics``, default: the numbers at the top level of
-    ``stats``), and the model logged to MLflow with its lineage."""
-    model_digest = storage.digest(outputs["model"])
+    ``stats``), and the model logged to MLflow with its lineage. ``outputs`` are where the stage
+    writes (staged), ``model_uri`` where the model is published (``ctx.uri_of``); the model's
+    digest is the one ``launch.run_training`` got when it wrote the folder."""
+    model_digest = stats["model_digest"]
     summary = numeric_logs(metrics if metrics is not None else stats)
     with (storage.local_copy(outputs["model"]) if cfg.log_model_weights else contextlib.nullcontext()) as model_dir:
         stats["mlflow_model_id"] = log_model(
-            run_id=tracker.run_id, name=stage, model_dir=model_dir, model_uri=outputs["model"],
+            run_id=tracker.run_id, name=stage, model_dir=model_dir, model_uri=model_uri,
             model_digest=model_digest, lineage=lineage, params={"stage": stage, "config": cfg.model_dump(mode="json")},
             metrics=summary)
     stats["lineage"] = dict(lineage)
