@@ -70,7 +70,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from components.common.training.launch import visible_gpus
-    from components.evaluate.report import format_metrics_table
+    from components.evaluate.report import format_comparisons_table, format_metrics_table
     from pipeline.local import default_run_dir, run_local
 
     cfg, profile = _load(args)
@@ -78,6 +78,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else default_run_dir(cfg)
     record = run_local(cfg, profile, out, verbose=args.verbose)
     print("\n" + format_metrics_table(pd.DataFrame(record["metrics"])))
+    comparisons = format_comparisons_table(record["stats"].get("evaluate", {}).get("comparisons", []))
+    if comparisons:
+        print("\n" + comparisons)
     print(f"\nrun {record['run_id']} {record['status']}")
     print(f"run folder: {out.resolve()}")
     print(f"run record: {out.resolve() / 'run.json'}")

@@ -1,5 +1,6 @@
-"""Baselines: popularity and SASRec, trained on the train split and ranking the full catalog for
-every valid and test row, off the GPU critical path (a CPU step beside training)."""
+"""Baselines: popularity, SASRec (MiniOneRec's) and SASRec-CE (full-catalog cross-entropy, tuned on
+valid), trained on the train split and ranking the full catalog for every valid and test row, off
+the GPU critical path (a CPU step beside training)."""
 
 from components.baselines.config import BaselinesConfig
 from components.common import artifacts
@@ -10,7 +11,7 @@ STAGE = Stage(
     name="baselines",
     config=BaselinesConfig,
     run="components.baselines.stage:run",
-    description="Train the classic baselines (popularity, SASRec) on the train split and rank the full "
+    description="Train the classic baselines (popularity, SASRec, SASRec-CE) on the train split and rank the full "
                 "catalog for every valid and test row; evaluate scores them beside the model.",
     inputs={"samples": Input(artifacts.SAMPLES, "ingest.samples", "train split to learn from, rows to rank"),
             "sid_map": Input(artifacts.SID_MAP, "sid_quantize.sid_map", "the catalog (non-retired items)")},

@@ -1,11 +1,11 @@
-"""Stage ``baselines``: popularity and SASRec, trained on the train split, ranking the full catalog
-(the sid_map's non-retired items, as the model's constrained decoder does) for every valid and
-test row.
+"""Stage ``baselines``: popularity, SASRec and SASRec-CE, trained on the train split, ranking the
+full catalog (the sid_map's non-retired items, as the model's constrained decoder does) for every
+valid and test row.
 
 Output ``rankings`` (Parquet, :data:`components.common.artifacts.RANKINGS_SCHEMA`): per model and
 sample row, the top ``top_k`` items with their scores and the ranking time per row; ``evaluate``
 scores the rows it evaluates, beside the model, on the same rows. ``stats``: training facts per
-model (epochs, best valid NDCG@10, ...).
+model (epochs, best valid NDCG@10, ...; SASRec-CE: every grid setting tried and the one chosen).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from components.baselines.config import BaselinesConfig
-from components.baselines.models import Ranking, SasrecBaseline, popularity
+from components.baselines.models import Ranking, SasrecBaseline, popularity, tune_sasrec
 from components.common import artifacts, storage
 from components.common.errors import InputError
 from components.common.lineage import StageRun
@@ -45,8 +45,11 @@ def rank(model: str, cfg: BaselinesConfig, train: pd.DataFrame, valid: pd.DataFr
     if model == "popularity":
         ranking = popularity(train, catalog_items, len(histories), top)
         return ranking, ranking.info
-    baseline = SasrecBaseline(cfg.sasrec, seed)
-    info = baseline.fit(train, valid, catalog_items)
+    if model == "sasrec_ce":
+        baseline, info = tune_sasrec(cfg.sasrec_ce, train, valid, catalog_items, seed)
+    else:
+        baseline = SasrecBaseline(cfg.sasrec, seed)
+        info = baseline.fit(train, valid, catalog_items)
     return baseline.rank(histories, top), info
 
 

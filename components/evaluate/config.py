@@ -15,8 +15,10 @@ from components.common.config import Section
 from components.common.decoding_config import Mode, VllmEngineSettings
 from components.common.registry import PRODUCTION_MODEL
 
-#: Names the metrics give to other models: the baselines' and production's.
-RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", "sasrec_ce", PRODUCTION_MODEL})
+#: Names of the earlier stages' models in the metrics (``ablation``): alignment SFT and reasoning activation.
+ALIGN_MODEL, REASON_MODEL = "align_sft", "reason_sft"
+#: Names the metrics give to other models: the baselines', production's and the earlier stages'.
+RESERVED_MODEL_NAMES = frozenset({"popularity", "sasrec", "sasrec_ce", PRODUCTION_MODEL, ALIGN_MODEL, REASON_MODEL})
 
 #: K always reported, and the larger K reported when the beam is wide enough.
 BASE_KS = (1, 3, 5, 10)
@@ -53,6 +55,18 @@ class EvaluateConfig(Section):
     production model (the ``previous`` input) on the same rows, as model ``production``, so that
     promotion compares both models on this run's test rows rather than on scores measured on
     different rows."""
+    ablation: bool = False
+    """The paper's ablation in the run: also score the earlier stages' models on the same rows,
+    each in the one mode it was trained for: alignment SFT (``align_sft``, direct) and reasoning
+    activation (``reason_sft``, thinking), beside the model under test (GRPO, every mode); the
+    report adds GRPO's reward and reasoning length per step."""
+    comparison_ks: list[int] | None = None
+    """K of the paired comparisons (HR@K and NDCG@K differences with bootstrap intervals: each
+    stage vs the previous one, thinking vs direct, the model vs SASRec and SASRec-CE), among the
+    reported K. Unset: 10 (the largest reported K when the beam is narrower)."""
+    bootstrap_samples: int = Field(1000, ge=100)
+    """Resamples of the paired bootstrap behind each comparison's 95% interval (seeded by
+    ``run.seed``)."""
     engine: Literal["transformers", "vllm"] = "transformers"
     """Decoding engine: transformers (CPU or GPU) or vLLM (GPU image; batch-level trie logits
     processor, prefix caching)."""
@@ -90,6 +104,12 @@ class EvaluateConfig(Section):
             if max(self.ks) > self.beam_width:
                 raise ValueError(f"beam_width {self.beam_width} is below the largest K {max(self.ks)}: every "
                                  "ranked list has beam_width items, so HR@K above it is undefined")
+        if self.comparison_ks is not None:
+            if not self.comparison_ks or len(set(self.comparison_ks)) != len(self.comparison_ks):
+                raise ValueError(f"comparison_ks must be distinct cut-offs (got {self.comparison_ks})")
+            unreported = sorted(set(self.comparison_ks) - set(self.effective_ks()))
+            if unreported:
+                raise ValueError(f"comparison_ks {unreported} are not among the reported K {self.effective_ks()}")
         if self.model_name in RESERVED_MODEL_NAMES:
             raise ValueError(f"model_name {self.model_name!r} names another model of the metrics: choose a name "
                              f"other than {sorted(RESERVED_MODEL_NAMES)}")
@@ -104,3 +124,10 @@ class EvaluateConfig(Section):
         if self.ks is not None:
             return sorted(self.ks)
         return [k for k in (*BASE_KS, *WIDE_KS) if k <= self.beam_width]
+
+    def effective_comparison_ks(self) -> list[int]:
+        """The K of the paired comparisons, ascending."""
+        if self.comparison_ks is not None:
+            return sorted(self.comparison_ks)
+        reported = self.effective_ks()
+        return [10] if 10 in reported else [max(reported)]

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from components.common import decoding
 from components.common.decoding import Decoded
-from components.common.decoding_config import DecoderSettings
+from components.common.decoding_config import DecoderSettings, Mode
 from components.evaluate.config import EvaluateConfig
 
 
@@ -25,7 +25,9 @@ def decoder_settings(cfg: EvaluateConfig) -> DecoderSettings:
 
 
 def decode_all(model_dir: str, catalog_sids: Sequence[str], histories: Sequence[Sequence[str]],
-               cfg: EvaluateConfig, seed: int, workdir: Path) -> dict[str, list[Decoded]]:
-    """Every configured mode's decoding of every history, in ``cfg.shards`` processes, in row order."""
-    return decoding.decode_all(model_dir, catalog_sids, histories, list(cfg.modes), decoder_settings(cfg),
+               cfg: EvaluateConfig, seed: int, workdir: Path,
+               modes: Sequence[Mode] | None = None) -> dict[str, list[Decoded]]:
+    """Every history decoded in each of ``modes`` (default: the configured ones), in
+    ``cfg.shards`` processes, in row order."""
+    return decoding.decode_all(model_dir, catalog_sids, histories, list(modes or cfg.modes), decoder_settings(cfg),
                                shards=cfg.shards, seed=seed, workdir=workdir)

@@ -32,6 +32,14 @@ def hit_and_ndcg(rank: int | None, k: int) -> tuple[float, float]:
     return 1.0, 1.0 / math.log2(rank + 2)
 
 
+def row_gains(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Per-row HR@K and NDCG@K (``hr``, ``ndcg``) from 0-based ranks (NaN: the target was not
+    ranked)."""
+    hit = np.where(np.isnan(ranks), False, ranks < k)
+    ndcg = np.where(hit, 1.0 / np.log2(np.nan_to_num(ranks, nan=0.0) + 2.0), 0.0)
+    return {"hr": hit.astype(float), "ndcg": ndcg}
+
+
 def metric_rows(scored: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
     """Metrics per (model, mode, split), plus split ``all`` when several splits are present.
 
@@ -49,9 +57,8 @@ def metric_rows(scored: pd.DataFrame, ks: Sequence[int]) -> pd.DataFrame:
         valid_rate = float(group["valid_beams"].sum()) / beams if beams else 0.0
         latency_ms = float(group["latency_s"].mean()) * 1000.0
         for k in ks:
-            hit = np.where(np.isnan(ranks), False, ranks < k)
-            gains = np.where(hit, 1.0 / np.log2(np.nan_to_num(ranks, nan=0.0) + 2.0), 0.0)
-            out.append({"model": model, "mode": mode, "split": split, "k": int(k), "hr": float(hit.mean()),
-                        "ndcg": float(gains.mean()), "valid_rate": valid_rate, "n": int(len(group)),
+            gains = row_gains(ranks, k)
+            out.append({"model": model, "mode": mode, "split": split, "k": int(k), "hr": float(gains["hr"].mean()),
+                        "ndcg": float(gains["ndcg"].mean()), "valid_rate": valid_rate, "n": int(len(group)),
                         "latency_ms": latency_ms})
     return pd.DataFrame(out, columns=METRIC_COLUMNS)

@@ -23,8 +23,8 @@ FAST = [
     "align_sft.max_steps=6", "align_sft.eval_steps=3", "align_sft.checkpoint.every_steps=3",
     "reason_sft.max_steps=4", "reason_sft.eval_steps=2", "reason_sft.checkpoint.every_steps=2",
     "grpo.max_steps=2", "grpo.max_prompts=16", "grpo.checkpoint.every_steps=1",
-    "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "baselines.sasrec.epochs=3",
-    "recommend.max_users=8",
+    "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "evaluate.bootstrap_samples=200",
+    "baselines.sasrec.epochs=3", "baselines.sasrec_ce.epochs=2", "recommend.max_users=8",
 ]
 
 
@@ -48,12 +48,24 @@ def test_run_record_lists_every_stage_output_with_its_digest(run):
     assert set(run["stats"]) == set(CORE_STAGES)
 
 
-def test_final_metrics_compare_the_model_with_baselines(run):
+def test_final_metrics_compare_the_model_with_baselines_and_its_earlier_stages(run):
     metrics = pd.DataFrame(run["metrics"])
-    assert set(metrics["model"]) == {"sidreasoner", "sasrec", "popularity"}
-    assert set(metrics["mode"]) >= {"thinking", "direct"}
+    assert set(zip(metrics["model"], metrics["mode"])) == {
+        ("sidreasoner", "thinking"), ("sidreasoner", "direct"), ("reason_sft", "thinking"), ("align_sft", "direct"),
+        ("sasrec", "direct"), ("sasrec_ce", "direct"), ("popularity", "direct")}
     assert (metrics["valid_rate"] == 1.0).all()  # trie-constrained: every decoded SID is an item
     assert metrics["hr"].between(0, 1).all() and (metrics["n"] == 8).all()
+    # the ablation's models are this run's stage outputs, and every question is answered with an interval
+    ablation = run["stats"]["evaluate"]["ablation"]
+    assert ablation["align_sft"]["model_uri"] == run["stages"]["align_sft"]["model"]["uri"]
+    assert ablation["reason_sft"]["model_uri"] == run["stages"]["reason_sft"]["model"]["uri"]
+    comparisons = run["stats"]["evaluate"]["comparisons"]
+    assert {c["question"] for c in comparisons} == {
+        "vs SASRec", "vs SASRec-CE", "thinking vs direct", "reasoning activation vs alignment",
+        "GRPO vs reasoning activation", "GRPO vs alignment (direct)"}
+    assert all(c["ci_low"] <= c["ci_high"] and c["n"] == 8 and c["bootstrap_samples"] == 200 for c in comparisons)
+    assert run["stats"]["evaluate"]["grpo"]["logged_steps"] >= 1
+    assert "grid" in run["stats"]["baselines"]["models"]["sasrec_ce"]
 
 
 def test_sids_are_unique_and_training_used_them(run):

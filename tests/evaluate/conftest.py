@@ -28,7 +28,7 @@ class EvalInputs:
     model: str
     root: Path
     rankings: str = ""
-    """The baselines stage's rankings of these samples (popularity, SASRec)."""
+    """The baselines stage's rankings of these samples (popularity, SASRec, SASRec-CE)."""
 
 
 def sid_map_table(item_ids: list[str], statuses: dict[str, str] | None = None) -> pa.Table:
@@ -58,12 +58,14 @@ def eval_inputs(demo_data, tmp_path_factory) -> EvalInputs:
 
 
 def baseline_rankings(inputs: EvalInputs, out: Path) -> str:
-    """The baselines stage's rankings of the inputs' valid and test rows (SASRec: 2 epochs)."""
+    """The baselines stage's rankings of the inputs' valid and test rows (SASRec and SASRec-CE: 2
+    epochs, one SASRec-CE setting)."""
     from components.baselines import STAGE
     from components.common.stage import cli_context
 
     ctx = cli_context({}, "test", "baselines", str(out), None, "h")
     outputs = {name: str(out / kind.file) for name, kind in STAGE.outputs.items()}
-    cfg = parse_section(STAGE.config, {"sasrec": {"epochs": 2}}, "baselines")
+    cfg = parse_section(STAGE.config, {"models": ["popularity", "sasrec", "sasrec_ce"], "sasrec": {"epochs": 2},
+                                       "sasrec_ce": {"epochs": 2, "grid": {"hidden_size": [32]}}}, "baselines")
     STAGE.execute(cfg, ctx, {"samples": inputs.samples, "sid_map": inputs.sid_map}, outputs)
     return outputs["rankings"]

@@ -62,7 +62,7 @@ class _Collect(HTMLParser):
 def test_stage_end_to_end(eval_inputs, tmp_path):
     outputs, meta = run_stage(tmp_path, eval_inputs)
     metrics = pq.read_table(outputs["metrics"]).to_pandas()
-    assert set(metrics["model"]) == {"sidreasoner", "sasrec", "popularity"}
+    assert set(metrics["model"]) == {"sidreasoner", "sasrec", "sasrec_ce", "popularity"}
     assert set(metrics[metrics["model"] == "sidreasoner"]["mode"]) == {"thinking", "direct"}
     assert sorted(metrics["k"].unique()) == [1, 3, 5, 10]
     assert set(metrics["split"]) == {"test"} and set(metrics["n"]) == {6}
@@ -73,7 +73,7 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
     sid_map = pq.read_table(eval_inputs.sid_map).to_pandas()
     sid_of = dict(zip(sid_map["item_id"], sid_map["sid"]))
     ours = predictions[predictions["model"] == "sidreasoner"]
-    assert len(ours) == 12 and meta["predictions"]["rows"] == 24
+    assert len(ours) == 12 and meta["predictions"]["rows"] == 12 + 3 * 6
     for row in ours.itertuples():
         assert len(row.ranked_sids) == 10  # 10 beams, every one a catalog SID of its item
         assert [sid_of[i] for i in row.ranked_items] == list(row.ranked_sids)
@@ -85,6 +85,13 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
     stats = storage.read_json(outputs["stats"])
     assert stats["decoding"]["direct"]["valid_rate"] == 1.0
     assert 0 <= stats["decoding"]["thinking"]["reasoning_closed_rate"] <= 1
+    # without the ablation: the model against both SASRecs, and its two modes against each other
+    compared = {(c["model"], c["mode"], c["vs_model"]) for c in stats["comparisons"]}
+    assert compared == {("sidreasoner", m, vs) for m in ("thinking", "direct") for vs in ("sasrec", "sasrec_ce")} | {
+        ("sidreasoner", "thinking", "sidreasoner")}
+    assert {(c["metric"], c["k"], c["n"], c["bootstrap_samples"]) for c in stats["comparisons"]} == {
+        ("hr", 10, 6, 1000), ("ndcg", 10, 6, 1000)}
+    assert not stats["ablation"]["align_sft"]["scored"] and stats["grpo"] is None
 
     page = Path(outputs["report"]).read_text()
     parser = _Collect()
@@ -97,6 +104,7 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
     assert parser.hits == int((shown["rank"] < 10).sum())  # every hit of a shown user is marked
     text = "".join(parser.text)
     assert "sasrec" in text and "popularity" in text and "History" in text
+    assert "Paired differences" in text and "sidreasoner thinking vs sasrec_ce" in text and "GRPO" not in text
 
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser:  # render it in a real headless browser too when one is installed
@@ -105,9 +113,13 @@ def test_stage_end_to_end(eval_inputs, tmp_path):
                              timeout=120, check=True).stdout
         assert "Sample users" in dom and dom.count("<h3>") == 3 and "data:image/png;base64," in dom
 
-    table = format_metrics_table(metrics)
-    assert table.splitlines()[0].split()[:4] == ["model", "mode", "split", "n"]
-    assert table.splitlines()[2].startswith("sidreasoner  thinking")
+    table = format_metrics_table(metrics).splitlines()
+    assert table[0].split()[:4] == ["model", "mode", "split", "n"] and table[0].endswith("HR@10 vs sasrec")
+    assert [line.split()[0] for line in table[2:]] == ["sidreasoner", "sidreasoner", "sasrec", "sasrec_ce",
+                                                       "popularity"]
+    assert table[2].startswith("sidreasoner  thinking") and table[4].split()[1] == "-"  # a baseline has no mode
+    hr10 = metrics[metrics["k"] == 10].set_index(["model", "mode"])["hr"]
+    assert table[3].split()[-1] == f"{hr10['sidreasoner', 'direct'] - hr10['sasrec', 'direct']:+.4f}"
 
 
 def test_wider_beam_reports_more_k_and_both_splits(eval_inputs, tmp_path):
@@ -271,4 +283,118 @@ def test_cli_help_and_table_from_an_arrow_table(capsys):
                         "valid_rate": [1.0, 1.0], "n": [4, 4], "latency_ms": [0.1, 12.0]})
     lines = format_metrics_table(metrics).splitlines()
     assert lines[2].split() == ["sidreasoner", "direct", "test", "4", "0.5000", "0.3000", "100.0%", "12.0"]
-    assert lines[3].split()[0] == "popularity"
+    assert lines[3].split()[:2] == ["popularity", "-"]
+
+
+def _grpo_stats(path: Path) -> str:
+    """A grpo stats artifact: the per-step table and its summary, as the grpo stage writes them."""
+    from components.grpo.report import summarize
+
+    steps = [{"step": step, "reward": 0.1 * step, "hit_rate": 0.05 * step, "reasoning_tokens": 60.0 - 5 * step,
+              "reasoning_closed_rate": 0.5, "kl": 0.001 * step} for step in range(1, 5)]
+    storage.write_json(str(path), {"global_step": 4, "summary": summarize(steps), "steps": steps})
+    return str(path)
+
+
+def test_the_ablation_scores_each_stage_in_its_mode_on_the_same_rows(eval_inputs, tmp_path):
+    align = build_sid_model(tmp_path / "align", CODEBOOKS, seed=6)
+    reason = build_sid_model(tmp_path / "reason", CODEBOOKS, seed=7)
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"ablation": True, "bootstrap_samples": 300},
+                           align_model=str(align), reason_model=str(reason),
+                           grpo_stats=_grpo_stats(tmp_path / "grpo_stats.json"))
+    metrics = pq.read_table(outputs["metrics"]).to_pandas()
+    assert set(zip(metrics["model"], metrics["mode"])) == {
+        ("sidreasoner", "thinking"), ("sidreasoner", "direct"), ("align_sft", "direct"), ("reason_sft", "thinking"),
+        ("sasrec", "direct"), ("sasrec_ce", "direct"), ("popularity", "direct")}
+    assert set(metrics["n"]) == {6} and len(metrics) == 7 * 4  # one row per (model, mode, split, K)
+    predictions = pq.read_table(outputs["predictions"]).to_pandas()
+    assert len({tuple(sorted(g["row"])) for _, g in predictions.groupby(["model", "mode"])}) == 1
+    reasoning = predictions[predictions["model"] == "reason_sft"]["reasoning"]
+    assert all(isinstance(r, str) for r in reasoning)
+
+    stats = storage.read_json(outputs["stats"])
+    for name, mode in (("align_sft", "direct"), ("reason_sft", "thinking")):
+        info = stats["ablation"][name]
+        assert info["scored"] and info["mode"] == mode and set(info["decoding"]) == {mode}
+        assert stats["decoding_seconds"][name] > 0
+    assert stats["grpo"]["logged_steps"] == 4
+    assert stats["grpo"]["summary"]["reward_vs_reasoning_tokens_spearman"] == pytest.approx(-1)
+    by_pair = {(c["model"], c["mode"], c["vs_model"], c["vs_mode"], c["metric"]): c for c in stats["comparisons"]}
+    assert {("reason_sft", "thinking", "align_sft", "direct"), ("sidreasoner", "thinking", "reason_sft", "thinking"),
+            ("sidreasoner", "direct", "align_sft", "direct")} <= {key[:4] for key in by_pair}
+    values = metrics[metrics["k"] == 10].set_index(["model", "mode"])
+    for (model, mode, vs_model, vs_mode, metric), c in by_pair.items():
+        assert c["value"] == pytest.approx(values.at[(model, mode), metric])
+        assert c["vs_value"] == pytest.approx(values.at[(vs_model, vs_mode), metric])
+        assert c["difference"] == pytest.approx(c["value"] - c["vs_value"]) and c["ci_low"] <= c["ci_high"]
+        assert (c["n"], c["bootstrap_samples"], c["k"]) == (6, 300, 10)
+
+    import mlflow
+
+    client = mlflow.MlflowClient(mlflow.get_tracking_uri())  # where the stage logged
+    run = client.search_runs([e.experiment_id for e in client.search_experiments()],
+                             filter_string="tags.`sidreasoner.stage` = 'evaluate'", order_by=["start_time DESC"])[0]
+    key = "compare.test.reason_sft_thinking-vs-align_sft_direct.hr_at_10"
+    assert run.data.metrics[f"{key}.difference"] == pytest.approx(by_pair[("reason_sft", "thinking", "align_sft",
+                                                                          "direct", "hr")]["difference"])
+
+    page = Path(outputs["report"]).read_text()
+    parser = _Collect()
+    parser.feed(page)
+    text = "".join(parser.text)
+    assert "reason_sft thinking vs align_sft direct" in text and "sidreasoner thinking vs reason_sft thinking" in text
+    assert "GRPO: reward and reasoning length per step" in text
+    assert "reasoning length over the steps -1.00" in text  # reasoning shortens as reward rises, step by step
+    for step in range(1, 5):  # one table row per step: step, reward, hit rate, reasoning tokens, ...
+        assert f"<tr><td>{step}</td><td>{0.1 * step:.4g}</td><td>{0.05 * step:.4g}</td><td>{60 - 5 * step}</td>" in page
+    assert len(parser.imgs) == 2 and all(src.startswith("data:image/png;base64,") for src in parser.imgs)
+
+
+@pytest.mark.parametrize("case", ["ablation off", "no stage models given"])
+def test_the_ablation_scores_only_what_it_should(eval_inputs, tmp_path, case):
+    align = build_sid_model(tmp_path / "align", CODEBOOKS, seed=6)
+    given = {"align_model": str(align)} if case == "ablation off" else {}
+    outputs, _ = run_stage(tmp_path, eval_inputs, {"ablation": case != "ablation off", "modes": ["direct"]},
+                           baselines=False, **given)
+    assert set(pq.read_table(outputs["metrics"]).to_pandas()["model"]) == {"sidreasoner"}
+    ablation = storage.read_json(outputs["stats"])["ablation"]
+    assert not ablation["align_sft"]["scored"] and not ablation["reason_sft"]["scored"]
+    assert ablation["align_sft"]["reason"] == {"ablation off": "evaluate.ablation is off",
+                                               "no stage models given": "no align_model input"}[case]
+
+
+def test_a_grpo_stats_without_steps_is_refused_before_decoding(eval_inputs, tmp_path):
+    storage.write_json(str(tmp_path / "stats.json"), {"global_step": 3})
+    with pytest.raises(InputError, match=r"grpo_stats .*stats\.json: no per-step table"):
+        run_stage(tmp_path, eval_inputs, {"ablation": True}, grpo_stats=str(tmp_path / "stats.json"))
+    assert not (tmp_path / "out" / "metrics.parquet").exists()
+
+
+def test_comparison_k_must_be_reported():
+    with pytest.raises(ConfigError, match=r"comparison_ks \[20\] are not among the reported K"):
+        parse_section(EvaluateConfig, {"comparison_ks": [20]}, "evaluate")
+    assert parse_section(EvaluateConfig, {}, "evaluate").effective_comparison_ks() == [10]
+    assert parse_section(EvaluateConfig, {"beam_width": 5}, "evaluate").effective_comparison_ks() == [5]
+    assert parse_section(EvaluateConfig, {"comparison_ks": [10, 5]}, "evaluate").effective_comparison_ks() == [5, 10]
+    for name in ("align_sft", "reason_sft"):
+        with pytest.raises(ConfigError, match="names another model"):
+            parse_section(EvaluateConfig, {"model_name": name}, "evaluate")
+
+
+@pytest.mark.parametrize("ablation", [True, False])
+def test_the_dag_wires_the_stage_models_only_for_the_ablation(tmp_path, ablation):
+    import yaml
+
+    from pipeline import cli
+
+    path = tmp_path / "demo.yaml"
+    assert cli.main(["compile", "--config", "demo", "--set", f"evaluate.ablation={str(ablation).lower()}",
+                     "--out", str(path)]) == 0
+    task = next(yaml.safe_load_all(path.read_text()))["root"]["dag"]["tasks"]["evaluate"]
+    wired = {name: spec["taskOutputArtifact"]["producerTask"] for name, spec in task["inputs"]["artifacts"].items()}
+    stage_inputs = {"align_model": "align-sft", "reason_model": "reason-sft", "grpo_stats": "grpo"}
+    if ablation:
+        assert stage_inputs.items() <= wired.items()
+        assert {"align-sft", "reason-sft"} <= set(task["dependentTasks"])
+    else:
+        assert not set(stage_inputs) & set(wired) and "align-sft" not in task["dependentTasks"]

@@ -195,7 +195,7 @@ def test_gpu_profiles_are_the_recipe(profile):
     assert cfg.align_sft.backbone.uri.startswith("gs://") and cfg.align_sft.backbone.uri.endswith("/Qwen3-1.7B")
     ev = cfg.evaluate
     assert (ev.beam_width, ev.shards, ev.engine, ev.max_reasoning_tokens, ev.max_examples) == (10, 2, "vllm", 1024, None)
-    assert set(ev.modes) == {"thinking", "direct"} and cfg.baselines.models == ["popularity", "sasrec"]
+    assert set(ev.modes) == {"thinking", "direct"} and cfg.baselines.models == ["popularity", "sasrec", "sasrec_ce"]
     sasrec = cfg.baselines.sasrec
     assert (sasrec.hidden_size, sasrec.dropout, sasrec.learning_rate) == (32, 0.3, 1e-3)
     assert cfg.tracking.uri == "http://mlflow.sidreasoner.svc.cluster.local:5000"
@@ -227,7 +227,7 @@ def test_office_tiny_reads_the_shared_pack_by_default_or_another_copy():
         ("release", "../shared/data/amazon18-office", True)
     assert load_config("office-tiny", ["ingest.source=gs://bucket/office"])[0].ingest.source == "gs://bucket/office"
     assert cfg.teacher_corpus.teacher.backend == "offline" and cfg.align_sft.backbone.tiny is not None
-    assert cfg.baselines.models == ["popularity", "sasrec"]
+    assert cfg.baselines.models == ["popularity", "sasrec", "sasrec_ce"]
     assert (cfg.baselines.sasrec.hidden_size, cfg.baselines.sasrec.dropout, cfg.baselines.sasrec.learning_rate) == \
         (32, 0.3, 1e-3)
 
