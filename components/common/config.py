@@ -59,7 +59,7 @@ SHARED_SECTIONS: tuple[str, ...] = ("run", "resources", "images", "tracking", "s
 #: class, so its CLI checks the other sections' names against this list; ``pipeline.config``
 #: builds ``RunConfig`` from the declarations and a test keeps the two equal.
 STAGE_SECTIONS: tuple[str, ...] = ("retrain", "ingest", "sid_quantize", "baselines", "teacher_corpus", "align_sft",
-                                   "reason_sft", "grpo", "evaluate")
+                                   "reason_sft", "grpo", "evaluate", "recommend")
 
 
 class ConfigError(ExpectedError, ValueError):

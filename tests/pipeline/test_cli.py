@@ -144,7 +144,8 @@ def test_stage_cli_help_and_by_hand_run(tmp_path, demo_data):
     env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}  # default: sqlite in --out
     proc = subprocess.run([sys.executable, "-m", "components.ingest", "--config", str(CONFIG_DIR / "demo.yaml"), "--out", str(out),
                            "--set", f"ingest.source={demo_data}", "--set", "ingest.preprocess.min_window_items=50",
-                           "--set", "tracking.uri=null"],  # not the demo's shared store, build/mlflow.db
+                           # not the demo's shared store, build/mlflow.db (which its registered model needs)
+                           "--set", "tracking.uri=null", "--set", "retrain.registered_model=null"],
                           capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert {p.name for p in out.iterdir()} >= {"items.parquet", "samples.parquet", "stats.json", "mlflow.db"}

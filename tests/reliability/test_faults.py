@@ -340,7 +340,7 @@ class Killed:
 KILLED_TABLE = [
     Killed("grpo-killed-after-a-checkpoint", "grpo",
            {**CPU, "max_steps": 6, "num_generations": 2, "per_device_batch_size": 2, "rollout_batch_size": 2,
-            "rollout": {"max_completion_length": 8, "max_prompt_length": 1024}},
+            "rollout": {"max_completion_length": 8, "max_prompt_length": 1024}, "validation": {"every_steps": None}},
            lambda p: {"reasoning_model": p["model"], "reasoning": p["reasoning"], "sid_map": p["sid_map"]}, 6),
 ]
 

@@ -42,7 +42,8 @@ TRAIN = {**CPU, "max_steps": 2, "eval_strategy": "no", "early_stopping_patience"
 ALIGN = {**TRAIN, "backbone": {"tiny": {"vocab_size": 300}}}
 REASON = {**TRAIN, "eval_fraction": 0}
 GRPO = {**CPU, "max_steps": 1, "num_generations": 2, "per_device_batch_size": 2, "rollout_batch_size": 2,
-        "rollout": {"max_completion_length": 8, "max_prompt_length": 1024}}
+        "rollout": {"max_completion_length": 8, "max_prompt_length": 1024},
+        "validation": {"every_steps": None}}  # its periodic validation needs samples, which these rows do not vary
 EVALUATE = {"splits": ["test"], "beam_width": 2, "ks": [1, 2], "modes": ["direct"], "max_reasoning_tokens": 8}
 
 
