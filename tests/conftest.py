@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -26,6 +25,8 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "test-project")
+
+from components.common.processes import stop_process_group  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -66,13 +67,8 @@ def wait_http(url: str, timeout: float, proc: subprocess.Popen) -> None:
 
 
 def stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+    """Stop a server a test started in its own session, and what it spawned."""
+    stop_process_group(proc, grace_s=15)
 
 
 @pytest.fixture(scope="session")

@@ -19,10 +19,12 @@ from email.policy import HTTP
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, unquote, urlparse
 
+from tests.http_servers import BackgroundServer
+
 Response = tuple[int, list[tuple[str, str]], bytes]
 
 
-class FaultyProxy:
+class FaultyProxy(BackgroundServer):
     """``with FaultyProxy(target_url, fail_first=2, status=503) as proxy: ... proxy.url``"""
 
     def __init__(self, target: str, fail_first: int = 0, status: int = 503, match: str = ""):
@@ -88,14 +90,6 @@ class FaultyProxy:
             return resp.status, kept, data
         finally:
             conn.close()
-
-    def __enter__(self) -> FaultyProxy:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 _OBJECT_PATH = re.compile(r"^/(?:download/)?storage/v1/b/([^/]+)/o/([^/?]+)")

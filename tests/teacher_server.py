@@ -32,6 +32,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from components.common.sid import find_sids
+from tests.http_servers import BackgroundServer
 
 Responder = Callable[[list[dict[str, str]]], str | None]
 FAULTS = ("429", "500", "503", "slow", "malformed", "empty", "400", "401")
@@ -61,7 +62,7 @@ class Request:
     """time.monotonic() at arrival."""
 
 
-class TeacherServer:
+class TeacherServer(BackgroundServer):
     """``with TeacherServer(latency=0.2) as server: ... server.url`` (the ``/v1`` base URL)."""
 
     def __init__(self, respond: Responder | None = None, latency: float = 0.0):
@@ -178,14 +179,6 @@ class TeacherServer:
                 if r.fault:
                     faults[r.fault] = faults.get(r.fault, 0) + 1
             return {"requests": len(self.requests), "faults": faults}
-
-    def __enter__(self) -> TeacherServer:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -452,6 +452,16 @@ def _writing(uri: str | os.PathLike) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _gcs_staging(uri: str, upload: Callable[[Path], object]) -> Iterator[Path]:
+    """A local temp folder for an output bound for ``uri`` in GCS; when the caller's block
+    succeeds, ``upload(folder)`` publishes it (the folder is removed either way)."""
+    with tempfile.TemporaryDirectory(prefix="sidreasoner-stage-") as tmpdir:
+        with _writing(uri):
+            yield Path(tmpdir)
+        upload(Path(tmpdir))
+
+
+@contextlib.contextmanager
 def staged_file(uri: str | os.PathLike) -> Iterator[Path]:
     """Yield a local temp path; on success it is published at ``uri`` in one step.
 
@@ -459,11 +469,8 @@ def staged_file(uri: str | os.PathLike) -> Iterator[Path]:
     """
     uri = str(uri)
     if is_gcs(uri):
-        with tempfile.TemporaryDirectory(prefix="sidreasoner-stage-") as tmpdir:
-            tmp = Path(tmpdir) / "payload"
-            with _writing(uri):
-                yield tmp
-            upload_file(tmp, uri)
+        with _gcs_staging(uri, lambda folder: upload_file(folder / "payload", uri)) as folder:
+            yield folder / "payload"
         return
     target = Path(uri)
     with _writing(uri):
@@ -487,10 +494,8 @@ def staged_dir(uri: str | os.PathLike) -> Iterator[Path]:
     """
     uri = str(uri)
     if is_gcs(uri):
-        with tempfile.TemporaryDirectory(prefix="sidreasoner-stage-") as tmpdir:
-            with _writing(uri):
-                yield Path(tmpdir)
-            upload_dir(tmpdir, uri)
+        with _gcs_staging(uri, lambda folder: upload_dir(folder, uri)) as folder:
+            yield folder
         return
     target = Path(uri)
     with _writing(uri):

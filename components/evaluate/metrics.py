@@ -7,7 +7,6 @@ item at 0-based rank ``r``: HR@K = 1 if r < K, NDCG@K = 1 / log2(r + 2) if r < K
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,13 +22,6 @@ def target_rank(ranked: Sequence[str], target: str) -> int | None:
         if item == target:
             return position
     return None
-
-
-def hit_and_ndcg(rank: int | None, k: int) -> tuple[float, float]:
-    """(HR@K, NDCG@K) of one row whose target sits at 0-based ``rank`` (None: not ranked)."""
-    if rank is None or rank >= k:
-        return 0.0, 0.0
-    return 1.0, 1.0 / math.log2(rank + 2)
 
 
 def row_gains(ranks: np.ndarray, k: int) -> dict[str, np.ndarray]:

@@ -13,7 +13,6 @@ import contextlib
 import importlib.util
 import logging
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 
 from components.common import hardware
 from components.common.config import ConfigError
+from components.common.processes import stop_process_group
 from components.grpo.config import GRPOStageConfig
 
 log = logging.getLogger(__name__)
@@ -91,11 +91,5 @@ def vllm_server(plan: RolloutPlan, cfg: GRPOStageConfig, model_dir: str) -> Iter
     try:
         yield
     finally:
-        if proc.poll() is None:  # the server and the engine workers it spawned (its own session)
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        stop_process_group(proc, grace_s=60)  # the server and the engine workers it spawned (its own session)
         log.info("vLLM server stopped (exit %s)", proc.returncode)

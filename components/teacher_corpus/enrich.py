@@ -271,10 +271,8 @@ class Enricher:
         narrative = await self._step("item_narrative", job, analysis)
         if narrative is None:
             return
-        self._items.append((job.index, {
-            "task": "item_narrative", "loss": "full", "messages": [], "text": narrative,
-            "target": job.item.sid, "source": self.writer.source, "item_id": job.item.item_id,
-            "user_id": None, "teacher_model": self.writer.model, "prompt_hash": self.writer.prompt_hash("item")}))
+        self._items.append((job.index, self._narrative_row("item_narrative", narrative, job.item.sid,
+                                                           item_id=job.item.item_id, user_id=None, prompts="item")))
 
     async def _user(self, job: UserJob) -> None:
         reasoning = await self._step("user_reasoning", job)
@@ -287,11 +285,16 @@ class Enricher:
         narrative = await self._step("user_narrative", job, reasoning)
         if narrative is None:
             return
-        self._users.append((job.index, {
-            "task": "user_narrative", "loss": "full", "messages": [], "text": narrative,
-            "target": job.target.sid, "source": self.writer.source, "item_id": job.sample.target,
-            "user_id": job.sample.user_id, "teacher_model": self.writer.model,
-            "prompt_hash": self.writer.prompt_hash("user")}))
+        self._users.append((job.index, self._narrative_row("user_narrative", narrative, job.target.sid,
+                                                           item_id=job.sample.target, user_id=job.sample.user_id,
+                                                           prompts="user")))
+
+    def _narrative_row(self, task: str, text: str, target: str, *, item_id: str, user_id: str | None,
+                       prompts: str) -> dict[str, Any]:
+        """A corpus row of a teacher-written narrative (plain text, every token supervised)."""
+        return {"task": task, "loss": "full", "messages": [], "text": text, "target": target,
+                "source": self.writer.source, "item_id": item_id, "user_id": user_id,
+                "teacher_model": self.writer.model, "prompt_hash": self.writer.prompt_hash(prompts)}
 
     async def run(self, jobs: Sequence[Job], width: int, seed: int) -> None:
         """Run every job on ``width`` workers; raises the first fatal :class:`TeacherError`.

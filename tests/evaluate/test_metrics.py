@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
-from components.evaluate.metrics import hit_and_ndcg, metric_rows, target_rank
+from components.evaluate.metrics import metric_rows, row_gains, target_rank
 
 
 def test_single_row_metrics_by_hand():
     ranked = ["i7", "i3", "i9", "i1"]
     assert target_rank(ranked, "i9") == 2 and target_rank(ranked, "i5") is None
-    assert hit_and_ndcg(0, 1) == (1.0, 1.0)
-    assert hit_and_ndcg(2, 3) == (1.0, 0.5)  # 1 / log2(2 + 2)
-    assert hit_and_ndcg(2, 2) == (0.0, 0.0)
-    assert hit_and_ndcg(None, 10) == (0.0, 0.0)
-    assert hit_and_ndcg(6, 10) == (1.0, pytest.approx(1 / 3))  # 1 / log2(8)
+    # one row per case, at 0-based ranks 0, 2, 2, unranked, 6 (NaN: not ranked)
+    ranks = np.array([0, 2, 2, np.nan, 6], dtype=float)
+    by_k = [row_gains(ranks[i:i + 1], k) for i, k in enumerate([1, 3, 2, 10, 10])]
+    assert [(float(g["hr"][0]), float(g["ndcg"][0])) for g in by_k] == \
+        [(1.0, 1.0), (1.0, 0.5), (0.0, 0.0), (0.0, 0.0), (1.0, pytest.approx(1 / 3))]  # 1/log2(2+2), 1/log2(8)
 
 
 def _scored(ranks, split="test", model="m", mode="direct"):

@@ -4,12 +4,13 @@
 from __future__ import annotations
 
 import json
-import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
+from tests.http_servers import BackgroundServer
 
-class FakeKfpApi:
+
+class FakeKfpApi(BackgroundServer):
     def __init__(self):
         self.requests: list[tuple[str, str, dict]] = []
         api = self
@@ -48,13 +49,6 @@ class FakeKfpApi:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
 
-    def __enter__(self) -> FakeKfpApi:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
     def posted(self, suffix: str) -> list[dict]:
         return [body for method, path, body in self.requests if method == "POST" and path.endswith(suffix)]
