@@ -150,8 +150,8 @@ class CheckpointPublisher:
         stable = local.parent / ".uploading" / local.name
         shutil.rmtree(stable, ignore_errors=True)
         shutil.copytree(local, stable, copy_function=_link_or_copy)
-        self._pending = step, self._pool.submit(self._publish_copy, stable, step, best_step)
         log.info("checkpoint %d: uploading to %s in the background", step, self.uri)
+        self._pending = step, self._pool.submit(self._publish_copy, stable, step, best_step)
 
     def _publish_copy(self, stable: Path, step: int, best_step: int | None) -> None:
         try:
