@@ -99,13 +99,6 @@ def gated_uploads(monkeypatch) -> Gates:
     return gates
 
 
-@pytest.fixture(params=["local", "gcs"])
-def remote(request, tmp_path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "remote")
-    return storage.join(request.getfixturevalue("gcs_bucket"), "checkpoints", "align_sft")
-
-
 def test_on_save_returns_while_the_upload_runs_and_the_next_save_waits(tmp_path, remote, gated_uploads):
     run = Run(tmp_path, remote)
     gated_uploads.hold(5)
