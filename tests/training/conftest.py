@@ -15,6 +15,7 @@ from pathlib import Path  # noqa: E402
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+from components.common import storage  # noqa: E402
 from components.common.stage import StageContext  # noqa: E402
 from tests.training.synthetic import write_synthetic  # noqa: E402
 
@@ -46,6 +47,14 @@ def tiny_backbone(tmp_path_factory, synthetic) -> Path:
 def tracking_uri(tmp_path_factory) -> str:
     """One sqlite MLflow store for the session (creating its tables takes seconds)."""
     return f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+
+
+@pytest.fixture(params=["local", "gcs"])
+def remote(request, tmp_path) -> str:
+    """A checkpoint store: a local folder, then a prefix of a bucket on the GCS emulator."""
+    if request.param == "local":
+        return str(tmp_path / "remote")
+    return storage.join(request.getfixturevalue("gcs_bucket"), "checkpoints", "align_sft")
 
 
 def context(tmp: Path, tracking_uri: str, run_key: str = "local-test") -> StageContext:

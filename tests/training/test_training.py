@@ -180,13 +180,6 @@ def fake_checkpoint(root: Path, step: int, best: int | None) -> Path:
     return folder
 
 
-@pytest.fixture(params=["local", "gcs"])
-def remote(request, tmp_path) -> str:
-    if request.param == "local":
-        return str(tmp_path / "remote")
-    return storage.join(request.getfixturevalue("gcs_bucket"), "checkpoints", "align_sft")
-
-
 def test_checkpoints_publish_prune_and_restore(tmp_path, remote):
     local = tmp_path / "run"
     for step in (5, 10, 15, 20):

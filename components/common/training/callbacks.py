@@ -1,7 +1,8 @@
 """HF Trainer callbacks installed by both engines (imported only inside the training processes:
 ``transformers`` is heavy, and config loading must not pay for it).
 
-* :class:`CheckpointSync`: save every N steps and publish each checkpoint to object storage;
+* :class:`CheckpointSync`: save every N steps and publish each checkpoint to object storage
+  (in the background), :func:`train_with_checkpoints` the training run around it;
 * :class:`MlflowMetrics`: every log record to the stage's MLflow run, per step;
 * :class:`ProgressLog`: a periodic progress line with throughput and ETA;
 * :class:`NewTokenWarmup`: train only the new (SID) token embedding rows for the first steps.
@@ -37,11 +38,33 @@ def standard_callbacks(job: TrainJob) -> list[TrainerCallback]:
     return [CheckpointSync(job), MlflowMetrics(job), ProgressLog()]
 
 
+def train_with_checkpoints(trainer: Any, job: TrainJob) -> None:
+    """``trainer.train`` from the job's resume point. Should training fail, the checkpoint still
+    uploading is finished first (a restart resumes from it), and an error of that upload is added
+    to the training error's notes."""
+    sync = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CheckpointSync))
+    try:
+        trainer.train(resume_from_checkpoint=job.resume_from)
+    except Exception as training_error:
+        try:
+            sync.publisher.wait()
+        except Exception as upload_error:
+            training_error.add_note(f"the upload of the last checkpoint failed too: {upload_error}")
+        raise
+
+
 class CheckpointSync(TrainerCallback):
-    """Save every ``job.checkpoint_every`` steps and publish each saved checkpoint."""
+    """Save every ``job.checkpoint_every`` steps and publish each saved checkpoint.
+
+    The main process publishes (:class:`checkpoints.CheckpointPublisher`), in the background
+    unless ``job.async_checkpoint_upload`` is off: a save waits for the previous upload, and
+    training ends only once the last one is published.
+    """
 
     def __init__(self, job: TrainJob):
         self.job = job
+        self.publisher = checkpoints.CheckpointPublisher(job.checkpoint_uri, job.keep_checkpoints,
+                                                         background=job.async_checkpoint_upload)
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.job.checkpoint_every == 0:
@@ -52,9 +75,14 @@ class CheckpointSync(TrainerCallback):
         _barrier()  # every rank has written its shards
         if state.is_world_process_zero:
             local = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            checkpoints.publish(local, self.job.checkpoint_uri, state.global_step, self.job.keep_checkpoints,
-                               state.best_global_step)
-        _barrier()
+            self.publisher.submit(local, state.global_step, state.best_global_step)
+        _barrier()  # in the background, the upload reads its own copy: the files may change now
+        return control
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.publisher.wait()
+        _barrier()  # every process ends training with the last checkpoint published
         return control
 
 

@@ -10,23 +10,31 @@ holds the job's fingerprint (config + input digests) so a checkpoint of another 
 resumed by mistake, and ``<uri>/final`` the finished model, so a stage restarted after training
 (e.g. while publishing) does not train again. Once the model is published the checkpoints are
 deleted; ``final`` stays.
+
+The main training process publishes on a background thread (:class:`CheckpointPublisher`,
+``checkpoint.async_upload``): training goes on while a checkpoint uploads, and the next save waits
+for it. Old checkpoints are deleted with the storage layer's retries; one that still cannot be
+deleted is left behind with a warning (it costs storage, not the training run).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from components.common import storage
 from components.common.config import ConfigError
+from components.common.storage import StorageError
 from components.common.training.settings import TrainerSettings
 
 log = logging.getLogger(__name__)
@@ -69,35 +77,98 @@ def _fetch_dir(uri: str, local: Path) -> None:
         shutil.copytree(uri, local)  # with its manifest: the copy's digest needs no second read
 
 
-def _delete_dir(uri: str) -> None:
-    """Remove a published folder; on GCS the manifest goes first so it is never seen complete."""
-    if storage.is_gcs(uri):
-        bucket_name, prefix = storage.split_gcs(uri)
-        bucket = storage.gcs_client().bucket(bucket_name)
-        names = storage.list_files(uri)
-        for name in sorted(names, key=lambda n: n != storage.MANIFEST):
-            bucket.blob(f"{prefix}/{name}").delete()
-    else:
-        shutil.rmtree(uri, ignore_errors=True)
+def _delete_dir(uri: str) -> bool:
+    """Remove a published folder, its manifest first (so it is never seen complete with files
+    missing), GCS errors retried by :mod:`storage`'s policy; True when it is gone. A folder that
+    still cannot be deleted stays, with a warning: a leftover costs storage, not the run."""
+    try:
+        storage.delete(uri)
+    except StorageError as exc:
+        log.warning("could not delete %s; it stays until a later clean-up: %s", uri, exc)
+        return False
+    return True
 
 
-def publish(local: Path, uri: str, step: int, keep: int, best_step: int | None) -> None:
-    """Publish ``local`` as ``<uri>/checkpoint-<step>``, then drop all but the ``keep`` newest
-    (and the best) published checkpoints."""
-    start = time.monotonic()
-    _publish_dir(local, storage.join(uri, f"checkpoint-{step}"))
-    steps = complete(uri)
+def rotate(uri: str, keep: int, best_step: int | None) -> None:
+    """Delete all but the ``keep`` newest (and the best) complete checkpoints under ``uri``."""
+    try:
+        steps = complete(uri)
+    except StorageError as exc:
+        log.warning("could not list the checkpoints of %s to delete old ones: %s", uri, exc)
+        return
     keep_steps = set(steps[-keep:]) | ({best_step} if best_step else set())
     for old in steps:
         if old not in keep_steps:
             _delete_dir(storage.join(uri, f"checkpoint-{old}"))
+
+
+def publish(local: Path, uri: str, step: int, keep: int, best_step: int | None) -> None:
+    """Publish ``local`` as ``<uri>/checkpoint-<step>``, then :func:`rotate` the published ones."""
+    start = time.monotonic()
+    _publish_dir(local, storage.join(uri, f"checkpoint-{step}"))
     log.info("checkpoint %d published to %s in %.1fs", step, uri, time.monotonic() - start)
+    rotate(uri, keep, best_step)
 
 
-def drop_all(uri: str) -> None:
-    """Delete every published checkpoint under ``uri`` (``final`` and ``job.json`` stay)."""
-    for step in complete(uri):
-        _delete_dir(storage.join(uri, f"checkpoint-{step}"))
+def drop_all(uri: str) -> bool:
+    """Delete every published checkpoint under ``uri`` (``final`` and ``job.json`` stay); True
+    when all of them are gone."""
+    return all([_delete_dir(storage.join(uri, f"checkpoint-{step}")) for step in complete(uri)])
+
+
+def _link_or_copy(src: str, dst: str) -> None:
+    try:
+        os.link(src, dst)
+    except OSError:  # a file system without hard links
+        shutil.copy2(src, dst)
+
+
+class CheckpointPublisher:
+    """Publishes the checkpoints a training process saves, one at a time.
+
+    In the background (``background=True``): :meth:`submit` takes a stable copy of the saved
+    folder (hard links, no bytes copied: the Trainer's own ``save_total_limit`` rotation may delete
+    the folder while it uploads) and returns once its upload has started on a worker thread; the
+    next :meth:`submit` and :meth:`wait` wait for that upload and raise its error. Otherwise
+    :meth:`submit` returns once the checkpoint is published. Either way an upload publishes the
+    checkpoint before it rotates older ones away, and a checkpoint counts (:func:`complete`,
+    :func:`restore`) only once its manifest, written last, exists: a run killed mid-upload resumes
+    from the previous one.
+    """
+
+    def __init__(self, uri: str, keep: int, background: bool):
+        self.uri, self.keep = uri, keep
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint-upload") if background else None
+        self._pending: tuple[int, Future] | None = None
+
+    def submit(self, local: Path, step: int, best_step: int | None) -> None:
+        """Publish the checkpoint saved at ``local``, once the previous one is published."""
+        self.wait()
+        if self._pool is None:
+            publish(local, self.uri, step, self.keep, best_step)
+            return
+        stable = local.parent / ".uploading" / local.name
+        shutil.rmtree(stable, ignore_errors=True)
+        shutil.copytree(local, stable, copy_function=_link_or_copy)
+        log.info("checkpoint %d: uploading to %s in the background", step, self.uri)
+        self._pending = step, self._pool.submit(self._publish_copy, stable, step, best_step)
+
+    def _publish_copy(self, stable: Path, step: int, best_step: int | None) -> None:
+        try:
+            publish(stable, self.uri, step, self.keep, best_step)
+        finally:
+            shutil.rmtree(stable, ignore_errors=True)
+
+    def wait(self) -> None:
+        """Wait for the upload in flight, if any; raises its error."""
+        if self._pending is None:
+            return
+        (step, upload), self._pending = self._pending, None
+        if not upload.done():
+            start = time.monotonic()
+            upload.exception()  # waits without raising, to log how long training was held
+            log.info("waited %.1fs for checkpoint %d's upload", time.monotonic() - start, step)
+        upload.result()
 
 
 def claim(uri: str, fingerprint: str, stage: str) -> None:
@@ -148,14 +219,16 @@ def prune_jobs(stage_root: str, keep: int) -> list[str]:
         marker = storage.join(stage_root, name, JOB_FILE)
         claimed = storage.read_json(marker).get("claimed_at", 0) if storage.exists(marker) else 0
         jobs.append((claimed, name))
-    doomed = [storage.join(stage_root, name) for _, name in sorted(jobs, reverse=True)[keep:]]
-    for job in doomed:
-        drop_all(job)  # checkpoints, then the finished model, each manifest first: never seen complete
-        _delete_dir(storage.join(job, FINAL))
-        _delete_dir(job)
-    if doomed:
-        log.info("checkpoint cache %s: removed %d older job(s), kept %d", stage_root, len(doomed), keep)
-    return doomed
+    deleted = []
+    for _, name in sorted(jobs, reverse=True)[keep:]:
+        job = storage.join(stage_root, name)
+        # checkpoints, then the finished model, each manifest first: never seen complete; the job
+        # folder only once they are gone (else a later prune tries again)
+        if drop_all(job) and _delete_dir(storage.join(job, FINAL)) and _delete_dir(job):
+            deleted.append(job)
+    if deleted:
+        log.info("checkpoint cache %s: removed %d older job(s), kept %d", stage_root, len(deleted), keep)
+    return deleted
 
 
 def fetch_final(uri: str, local: Path) -> bool:

@@ -115,7 +115,7 @@ def train_grpo(job: TrainJob) -> None:
     from transformers import AutoTokenizer
     from trl import GRPOConfig
 
-    from components.common.training.callbacks import standard_callbacks
+    from components.common.training.callbacks import standard_callbacks, train_with_checkpoints
     from components.common.training.engine import load_trained_model, resumed_step, save_trained_model, write_result
     from components.common.training.hf_generation import BoundedGenerationGRPOTrainer
     from components.common.training.validation import GRPOValidationLoop, SidValidator
@@ -146,6 +146,6 @@ def train_grpo(job: TrainJob) -> None:
     if validating:
         trainer.sid_validator = SidValidator(settings.validation, payload.validation, tokenizer)
     resumed_from = resumed_step(job)
-    trainer.train(resume_from_checkpoint=job.resume_from)
+    train_with_checkpoints(trainer, job)
     save_trained_model(trainer, job, payload.record, payload.sid_vocab)
     write_result(job, trainer, resumed_from)

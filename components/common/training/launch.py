@@ -132,6 +132,8 @@ class TrainJob(BaseModel):
     checkpoint_uri: str
     checkpoint_every: int
     keep_checkpoints: int
+    async_checkpoint_upload: bool = True
+    """Publish checkpoints in the background (``checkpoint.async_upload``)."""
     world_size: int = 1
     use_cpu: bool = True
     deepspeed: str | None = None
@@ -258,6 +260,7 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
             entry=entry, stage=stage, payload=payload.model_dump(mode="json"), output_dir=str(work / "checkpoints"),
             final_dir=str(final), resume_from=str(resume) if resume else None, checkpoint_uri=uri,
             checkpoint_every=cfg.checkpoint.every_steps, keep_checkpoints=cfg.checkpoint.keep,
+            async_checkpoint_upload=cfg.checkpoint.async_upload,
             world_size=world, use_cpu=not gpu,
             deepspeed=str(DEEPSPEED_CONFIGS[cfg.launch.strategy]) if gpu and cfg.launch.strategy in DEEPSPEED_CONFIGS
             else None,

@@ -76,6 +76,10 @@ class CheckpointConfig(Section):
     finished models) are deleted when a job finishes."""
     keep: int = Field(2, ge=1)
     """Published checkpoints kept (the newest ones, plus the best one when early stopping)."""
+    async_upload: bool = True
+    """Publish each checkpoint from a background thread of the main training process: training
+    goes on while it uploads, and the next save (and the end of training) waits for it. False:
+    every process waits at each save until its checkpoint is published."""
     local_dir: str | None = None
     """Local scratch folder for the base model, tokenized data and checkpoints. Unset: the
     system temp folder."""

@@ -262,7 +262,7 @@ def train_sft(job: launch.TrainJob) -> None:
     from transformers import AutoTokenizer, EarlyStoppingCallback
     from trl import SFTConfig, SFTTrainer
 
-    from components.common.training.callbacks import NewTokenWarmup, standard_callbacks
+    from components.common.training.callbacks import NewTokenWarmup, standard_callbacks, train_with_checkpoints
     from components.common.training.engine import (
         load_trained_model,
         resumed_step,
@@ -316,6 +316,6 @@ def train_sft(job: launch.TrainJob) -> None:
             raise ValueError(f"validation.metric {cfg.validation.metric!r}: the payload has no validation sample")
         trainer.sid_validator = SidValidator(cfg.validation, payload.validation, tokenizer)
     resumed_from = resumed_step(job)
-    trainer.train(resume_from_checkpoint=job.resume_from)
+    train_with_checkpoints(trainer, job)
     save_trained_model(trainer, job, payload.record, payload.sid_vocab)
     write_result(job, trainer, resumed_from)
