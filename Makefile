@@ -11,7 +11,7 @@ export LITELLM_LOCAL_MODEL_COST_MAP := True
 export TOKENIZERS_PARALLELISM := false
 export DS_BUILD_OPS := 0
 
-.PHONY: install demo test compile bench lock lock-images lock-stages image-sizes images push docker-engine clean smoke-gpu
+.PHONY: install demo test test-demo-results compile bench lock lock-images lock-stages image-sizes images push docker-engine clean smoke-gpu
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+# The demo's results against the values the README reports (tests/e2e/pinned/demo_results.json):
+# the whole demo pipeline, ~5 min on an idle machine; `make test` skips it.
+test-demo-results: install
+	SIDREASONER_DEMO_RESULTS=1 $(BIN)/python -m pytest -q tests/e2e/test_demo_results.py
 
 # The GPU smoke run (README "GPU"): the smoke-gpu profile on one GPU, GRPO again with beam_rank
 # rollouts, run.json with libraries, driver, GPUs, peak memory and tokens/s per stage; <= 10 min.
