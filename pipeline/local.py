@@ -77,14 +77,24 @@ def default_run_dir(cfg: RunConfig) -> Path:
     return Path("build/runs") / f"{cfg.run.name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
 
 
+#: Lines of kfp's local runner that say nothing the stages' own lines do not: the header of the
+#: streamed task log, and the executor's note that it wrote its output file.
+KFP_RUNNER_CHATTER = re.compile(r"(- INFO - Streamed logs:|INFO root: Wrote executor output file to )")
+#: The header of the block in which kfp's local runner lists a finished task's output artifacts
+#: (their URIs and metadata, which run.json records); the block ends at its line of dashes.
+KFP_TASK_OUTPUTS = re.compile(r"- INFO - Task .* outputs:$")
+
+
 class ExecutorNoiseFilter(io.TextIOBase):
-    """Standard output during a local run, without what kfp's executor prints around each task:
-    its own log lines (``[KFP Executor ...]``) and the executor input and output JSON it dumps.
-    The stages' own lines (their log, progress and results) pass. ``sidreasoner run --verbose``
-    shows everything."""
+    """Standard output during a local run, without what kfp prints around each task: its
+    executor's own log lines (``[KFP Executor ...]``), the executor input and output JSON it dumps,
+    the list of each task's output artifacts and blank lines. The stages' own lines (their log,
+    progress and results) and kfp's one line per task start and end pass. ``sidreasoner run
+    --verbose`` shows everything."""
 
     def __init__(self, target: TextIO):
         self.target, self.pending, self.depth, self.json_next = target, "", 0, False
+        self.in_outputs = False
 
     def write(self, text: str) -> int:
         self.pending += text
@@ -100,10 +110,16 @@ class ExecutorNoiseFilter(io.TextIOBase):
             self.depth += line.count("{") + line.count("[") - line.count("}") - line.count("]")
             return False
         self.json_next = False
+        if self.in_outputs:
+            self.in_outputs = not line.startswith("-----")
+            return not self.in_outputs
         if line.startswith(KFP_EXECUTOR_FORMAT):
             self.json_next = line.endswith(":")  # "Got executor_input:" then the JSON
             return False
-        return True
+        if KFP_TASK_OUTPUTS.search(line):
+            self.in_outputs = True
+            return False
+        return bool(line) and not KFP_RUNNER_CHATTER.search(line)
 
     def flush(self) -> None:
         self.target.flush()
@@ -160,6 +176,7 @@ def run_local(cfg: RunConfig, profile: str, out: Path, verbose: bool = False) ->
                raise_on_error=True)
     # The stage images exist only on a cluster; locally this interpreter has the same packages.
     warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
+    warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")  # display_name
     record: dict[str, Any] = {
         "run_id": run_key, "profile": profile, "status": "running",
         "mlflow": {"tracking_uri": tracking_uri, "experiment_id": experiment_id, "parent_run_id": parent_id},

@@ -40,6 +40,36 @@ def test_the_executor_dump_and_lines_are_dropped_the_stage_lines_kept():
                     "09:40:14 INFO components.common.stage: ingest: done"]
 
 
+#: What kfp's local runner prints around a task, our handler in place of the executor's.
+RUNNER_OUTPUT = """\
+13:20:09.908 - INFO - Executing task \x1b[96m'ingest'\x1b[0m
+13:20:09.908 - INFO - Streamed logs:
+
+    13:20:12 INFO components.ingest.stage: ingest: 255 items, 704 users
+    13:20:12 INFO root: Wrote executor output file to /tmp/run/ingest/executor_output.json.
+
+
+13:20:13.424 - INFO - Task \x1b[96m'ingest'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m
+13:20:13.424 - INFO - Task \x1b[96m'ingest'\x1b[0m outputs:
+    items: Dataset( name='items',
+                    uri='/tmp/run/ingest/items',
+                    metadata={'digest': 'sha256:8e11', 'rows': 255.0} )
+--------------------------------------------------------------------------------
+13:20:13.426 - INFO - Executing task \x1b[96m'sid-quantize'\x1b[0m
+"""
+
+
+def test_a_task_reads_as_its_start_its_stage_lines_and_its_end():
+    out = io.StringIO()
+    ExecutorNoiseFilter(out).write(RUNNER_OUTPUT)
+    assert out.getvalue().splitlines() == [
+        "13:20:09.908 - INFO - Executing task \x1b[96m'ingest'\x1b[0m",
+        "    13:20:12 INFO components.ingest.stage: ingest: 255 items, 704 users",
+        "13:20:13.424 - INFO - Task \x1b[96m'ingest'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+        "-" * 80,
+        "13:20:13.426 - INFO - Executing task \x1b[96m'sid-quantize'\x1b[0m"]
+
+
 def test_inside_a_kfp_task_each_record_is_printed_once(monkeypatch):
     root = logging.getLogger()
     monkeypatch.setattr(root, "handlers", [])
