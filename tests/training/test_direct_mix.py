@@ -10,23 +10,13 @@ from pydantic import ValidationError
 
 from components.common import artifacts, decoding_core, prompts
 from components.common.training import backbone, sft
+from components.reason_sft import STAGE as REASON
 from components.reason_sft.config import ReasonSFTConfig
 from components.reason_sft.stage import encode_training
 from tests.training.conftest import CPU
-
-
-@pytest.fixture(scope="module")
-def catalog(synthetic) -> artifacts.Catalog:
-    return artifacts.read_catalog(synthetic["sid_map"])
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tmp_path_factory, tiny_backbone, catalog):
-    from transformers import AutoTokenizer
-
-    out = tmp_path_factory.mktemp("with-sids") / "model"
-    backbone.extend_with_sids(tiny_backbone, out, catalog.tokens, out.parent / "dl")
-    return AutoTokenizer.from_pretrained(out)
+from tests.training.synthetic import write_reasoning
+from tests.training.test_data import catalog, tokenizer  # noqa: F401 (fixtures)
+from tests.training.test_stages import run_stage, sid_tokens
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +80,18 @@ def test_the_share_is_seeded(tokenizer, rows):
     first = encode_training(tokenizer, rows, config(direct_fraction=0.3), seed=1)
     again = encode_training(tokenizer, rows, config(direct_fraction=0.3), seed=1)
     assert first.input_ids == again.input_ids
+
+
+def test_the_stage_trains_on_the_mixed_rows(tmp_path, tiny_backbone, synthetic, tracking_uri):
+    model = tmp_path / "sid-model"
+    backbone.extend_with_sids(tiny_backbone, model, sid_tokens(synthetic), tmp_path / "download", seed=42)
+    reasoning = write_reasoning(tmp_path / "reasoning.parquet", 40, targets=[0, 1])
+    run = run_stage(REASON, {
+        "max_steps": 2, "global_batch_size": 8, "per_device_batch_size": 8, "max_length": 512,
+        "eval_strategy": "no", "early_stopping_patience": None, "eval_fraction": 0, "direct_fraction": 0.25,
+        "checkpoint": {"every_steps": 100},
+    }, tmp_path, {"sft_model": str(model), "reasoning": reasoning, "sid_map": synthetic["sid_map"]}, tracking_uri)
+    assert run["stats"]["data"]["train"]["rows"] == {"reasoning": 40, "direct": 10}
 
 
 @pytest.mark.parametrize("bad", [-0.1, 1.0, 1.5])
