@@ -45,6 +45,11 @@ class ReasonSFTConfig(SFTSettings):
     eval_strategy 'no' trains on every row."""
     max_rows: int | None = Field(None, ge=1)
     """Cap on the training rows (a seeded sample); null: all."""
+    direct_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """For this share of the training reasoning rows (a seeded sample), also train a direct-mode
+    example of the same history and target: the direct prompt + empty think block, as evaluation
+    and serving decode direct mode, then the target SID. Reasoning SFT on thinking rows alone makes
+    the direct mode forget what alignment taught; every reasoning row is still trained. 0: off."""
     validation: ReasoningValidation = Field(default_factory=ReasoningValidation)
     """The metric that picks the kept checkpoint: the loss on the held-out reasoning rows (the
     recipe), or HR/NDCG@k of thinking-mode decoding on the valid sample (needs the samples input)."""

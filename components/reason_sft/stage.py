@@ -3,7 +3,8 @@
 
 The recipe, top to bottom: pre-flight (hardware, the aligned model is a causal LM that knows every
 SID token of the sid_map); the reasoning rows, checked (catalog SIDs, no reasoning naming its
-target), split into training and a held-out share (the validation loss); with a ranking
+target), split into training and a held-out share (the validation loss); with ``direct_fraction``,
+direct-mode examples of a share of the training rows beside them; with a ranking
 validation metric, a seeded sample of the valid split (thinking-mode HR/NDCG); the SFT engine
 trains from a copy of the aligned model and publishes the model; stats and the MLflow
 LoggedModel follow.
@@ -41,6 +42,20 @@ def split_rows(rows: list[artifacts.ReasoningRow], eval_fraction: float, max_row
     return (train[:max_rows] if max_rows else train), held_out
 
 
+def encode_training(tokenizer: Any, rows: list[artifacts.ReasoningRow], cfg: ReasonSFTConfig,
+                    seed: int) -> sft.Encoded:
+    """Every training row as a reasoning example; with ``cfg.direct_fraction``, also a direct-mode
+    example (direct prompt + empty think block -> target SID, as direct decoding prompts it) of
+    the same history and target for a seeded share of them, so the direct mode is still trained.
+    The direct examples are appended: the trainer shuffles the examples every epoch."""
+    out = sft.encode_reasoning(tokenizer, rows, "reasoning", cfg.max_length)
+    chosen = sorted(random.Random(seed).sample(range(len(rows)), round(cfg.direct_fraction * len(rows))))
+    if chosen:
+        direct = [(rows[i].history_sids, rows[i].target_sid) for i in chosen]
+        out.extend(sft.encode_direct(tokenizer, direct, cfg.supervise_end_token, cfg.max_length, kind="direct"))
+    return out
+
+
 def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outputs: Mapping[str, str],
         tracker: StageRun) -> dict[str, dict[str, Any]]:
     gpus = launch.visible_gpus()
@@ -65,7 +80,7 @@ def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outp
 
     def encode(tokenizer):
         evaluation = sft.encode_reasoning(tokenizer, held_out, "held_out", cfg.max_length) if held_out else None
-        return sft.encode_reasoning(tokenizer, train_rows, "reasoning", cfg.max_length), evaluation
+        return encode_training(tokenizer, train_rows, cfg, ctx.seed), evaluation
 
     record = artifacts.ModelRecord(sid_space=catalog.sid_space, sid_map_digest=ctx.input_digests["sid_map"], stage=NAME)
     stats = sft.run_sft(stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"],

@@ -71,6 +71,14 @@ class Encoded:
         self.tokens[kind] += len(ids)
         self.supervised_tokens[kind] += sum(mask)
 
+    def extend(self, other: Encoded) -> None:
+        """Append ``other``'s examples (already cut to their own ``max_length``) and counts."""
+        self.input_ids.extend(other.input_ids)
+        self.completion_mask.extend(other.completion_mask)
+        for mine, theirs in ((self.rows, other.rows), (self.tokens, other.tokens),
+                             (self.supervised_tokens, other.supervised_tokens), (self.truncated, other.truncated)):
+            mine.update(theirs)
+
     def dataset(self):
         from datasets import Dataset
 
@@ -118,12 +126,13 @@ def encode_corpus(tokenizer: Any, rows: Iterable[CorpusRow], supervise_end: bool
 
 
 def encode_direct(tokenizer: Any, histories: Iterable[tuple[list[str], str]], supervise_end: bool,
-                  max_length: int) -> Encoded:
-    """The main recommendation task (SID history -> next SID), e.g. the valid split."""
+                  max_length: int, kind: str = "valid_sid2sid") -> Encoded:
+    """The main recommendation task (SID history -> next SID) as direct-mode decoding prompts it,
+    e.g. the valid split."""
     out = Encoded(max_length)
     for history, target in histories:
         prompt = chat_prompt(tokenizer, prompts.direct_messages(history))
-        out.add("valid_sid2sid", *encode_prompt_completion(tokenizer, prompt, target, supervise_end))
+        out.add(kind, *encode_prompt_completion(tokenizer, prompt, target, supervise_end))
     return out
 
 
