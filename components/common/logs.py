@@ -116,6 +116,8 @@ class Progress:
         self.logger, self.what, self.total, self.unit, self.every = logger, what, total, unit, every
         self.count = 0
         self.start = self.last = time.monotonic()
+        self.detail = ""
+        """Appended to each line (e.g. the latest training loss)."""
 
     def update(self, n: int = 1) -> None:
         self.count += n
@@ -133,7 +135,7 @@ class Progress:
         line += f" {self.unit}, {rate:,.1f} {self.unit}/s, elapsed {_duration(elapsed)}"
         if self.total and rate > 0:
             line += f", ETA {_duration((self.total - self.count) / rate)}"
-        return line
+        return f"{line}, {self.detail}" if self.detail else line
 
     def close(self) -> None:
         self.logger.info(self._line(time.monotonic()) + " (done)")

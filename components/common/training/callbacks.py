@@ -39,9 +39,12 @@ def standard_callbacks(job: TrainJob) -> list[TrainerCallback]:
 
 
 def train_with_checkpoints(trainer: Any, job: TrainJob) -> None:
-    """``trainer.train`` from the job's resume point. Should training fail, the checkpoint still
-    uploading is finished first (a restart resumes from it), and an error of that upload is added
-    to the training error's notes."""
+    """``trainer.train`` from the job's resume point, its log records shown by :class:`ProgressLog`.
+    Should training fail, the checkpoint still uploading is finished first (a restart resumes from
+    it), and an error of that upload is added to the training error's notes."""
+    from transformers.trainer_callback import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # ProgressLog's lines say it once, every record goes to MLflow
     sync = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, CheckpointSync))
     try:
         trainer.train(resume_from_checkpoint=job.resume_from)
@@ -111,7 +114,9 @@ class MlflowMetrics(TrainerCallback):
 
 
 class ProgressLog(TrainerCallback):
-    """Periodic progress line (steps, throughput, ETA) from the main process."""
+    """Periodic progress line (steps, throughput, ETA, latest loss) from the main process, and one
+    line per evaluation. It stands in for the Trainer's ``PrinterCallback``, which prints every log
+    record (:func:`train_with_checkpoints` removes it); every record still reaches MLflow."""
 
     def __init__(self):
         self.progress: Progress | None = None
@@ -121,6 +126,16 @@ class ProgressLog(TrainerCallback):
         if state.is_world_process_zero:
             self.progress = Progress(log, "training", total=state.max_steps or None, unit="steps")
             self.last_step = state.global_step
+        return control
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.progress is not None and logs:
+            if "loss" in logs:
+                self.progress.detail = f"loss {float(logs['loss']):.4g}"
+            evaluation = {k: v for k, v in logs.items() if k.startswith("eval_") and isinstance(v, (int, float))}
+            if evaluation:
+                log.info("evaluation at step %d: %s", state.global_step,
+                         ", ".join(f"{k[5:]} {v:.4g}" for k, v in evaluation.items()))
         return control
 
     def on_step_end(self, args, state, control, **kwargs):
