@@ -355,8 +355,12 @@ def list_files(uri: str | os.PathLike) -> list[str]:
         prefix = split_gcs(uri)[1]
         skip = len(prefix) + 1 if prefix else 0
         return sorted(b.name[skip:] for b in _gcs_objects(uri))
-    root = Path(uri)
-    return sorted(str(p.relative_to(root)).replace(os.sep, "/") for p in root.rglob("*") if p.is_file())
+    files = []
+    # os.walk skips a folder that a concurrent writer renames or removes meanwhile (a staged
+    # checkpoint moving into place), where Path.rglob would raise FileNotFoundError
+    for folder, _, names in os.walk(uri):
+        files += [os.path.relpath(os.path.join(folder, name), uri).replace(os.sep, "/") for name in names]
+    return sorted(files)
 
 
 # ----------------------------------------------------------------------------------------------
