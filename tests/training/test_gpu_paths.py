@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import json
+import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,6 +22,8 @@ from components.common.training import launch, sft
 from components.common.training.settings import LaunchConfig, SFTSettings
 from tests.tiny_sid_model import build_sid_model
 from tests.training.conftest import CPU, context, weights
+
+DEEPSPEED_CPU = Path(__file__).parent / "deepspeed_cpu"
 
 # ----------------------------------------------------------------------------------------------
 # One GPU with ZeRO-2/3: the rendezvous accelerate leaves to DeepSpeed
@@ -58,7 +61,14 @@ def test_only_a_single_deepspeed_process_gets_rendezvous_variables(tmp_path):
     assert launch.rendezvous_env(job.model_copy(update={"deepspeed": None}), port) == {}
 
 
-def test_one_deepspeed_process_trains_through_accelerate_launch(tmp_path, tiny_backbone):
+@pytest.fixture
+def deepspeed_on_cpu(monkeypatch):
+    """Launched processes that bring DeepSpeed up without compiling its CPU-only shared-memory
+    kernel (deepspeed_cpu/sitecustomize.py says why)."""
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(DEEPSPEED_CPU), os.environ.get("PYTHONPATH")])))
+
+
+def test_one_deepspeed_process_trains_through_accelerate_launch(tmp_path, tiny_backbone, deepspeed_on_cpu):
     """The real launch path of one GPU with ZeRO-2 (``accelerate launch``, one process, the
     Trainer initialising DeepSpeed), on this CPU: the DeepSpeed process group comes up from the
     rendezvous variables and the SFT engine trains its two steps."""
@@ -68,7 +78,8 @@ def test_one_deepspeed_process_trains_through_accelerate_launch(tmp_path, tiny_b
     assert (Path(job.final_dir) / "model.safetensors").is_file()
 
 
-def test_without_rendezvous_variables_deepspeed_looks_for_mpi(tmp_path, tiny_backbone, monkeypatch, capfd):
+def test_without_rendezvous_variables_deepspeed_looks_for_mpi(tmp_path, tiny_backbone, monkeypatch, capfd,
+                                                              deepspeed_on_cpu):
     """What the variables fix: one process under ``accelerate launch`` has none, DeepSpeed falls
     back to MPI discovery and needs mpi4py, which the images do not install."""
     monkeypatch.setattr(launch, "rendezvous_env", lambda job, settings: {})
