@@ -52,33 +52,21 @@ EVALUATE = {"splits": ["test"], "beam_width": 2, "ks": [1, 2], "modes": ["direct
 # ----------------------------------------------------------------------------------------------
 
 
-def sid_quantize(change=None, section=None, sets=()):
-    def build(root: Path) -> StageCall:
-        paths = ins.catalog(root)
-        if change:
-            change(paths)
-        return stage_call(root, "sid_quantize", section or SID_QUANTIZE, {"items": paths["items"]}, sets)
-    return build
+def catalog_stage(stage: str, default_section: dict, inputs: tuple[str, ...]):
+    """The builder of a stage whose inputs are all catalog artifacts (no model)."""
+    def builder(change=None, section=None, sets=()):
+        def build(root: Path) -> StageCall:
+            paths = ins.catalog(root)
+            if change:
+                change(paths)
+            return stage_call(root, stage, section or default_section, {k: paths[k] for k in inputs}, sets)
+        return build
+    return builder
 
 
-def teacher_corpus(change=None, section=None, sets=()):
-    def build(root: Path) -> StageCall:
-        paths = ins.catalog(root)
-        if change:
-            change(paths)
-        return stage_call(root, "teacher_corpus", section or TEACHER,
-                          {k: paths[k] for k in ("items", "samples", "sid_map")}, sets)
-    return build
-
-
-def align_sft(change=None, section=None, sets=()):
-    def build(root: Path) -> StageCall:
-        paths = ins.catalog(root)
-        if change:
-            change(paths)
-        return stage_call(root, "align_sft", section or ALIGN,
-                          {k: paths[k] for k in ("items", "samples", "sid_map", "corpus")}, sets)
-    return build
+sid_quantize = catalog_stage("sid_quantize", SID_QUANTIZE, ("items",))
+teacher_corpus = catalog_stage("teacher_corpus", TEACHER, ("items", "samples", "sid_map"))
+align_sft = catalog_stage("align_sft", ALIGN, ("items", "samples", "sid_map", "corpus"))
 
 
 def reason_sft(change=None, section=None, sets=(), model_space=ins.SPACE):
