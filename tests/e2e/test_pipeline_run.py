@@ -3,38 +3,20 @@ artifacts exist, run.json is complete, and MLflow walks from the model back to t
 
 from __future__ import annotations
 
-import json
-
 import pandas as pd
 import pytest
 
 from components.common import lineage, storage
-from pipeline import cli
 from pipeline.config import DECLARATIONS
 
 #: The demo's DAG: it registers its model and recommends with it (scheduled retraining, local store).
 CORE_STAGES = list(DECLARATIONS)
 
-#: The demo profile, cut to the fewest steps that still exercise every code path.
-FAST = [
-    "ingest.preprocess.min_window_items=50",
-    "sid_quantize.rq_vae.epochs=60",
-    "teacher_corpus.enrichment.users=60",
-    "align_sft.max_steps=6", "align_sft.eval_steps=3", "align_sft.checkpoint.every_steps=3",
-    "reason_sft.max_steps=4", "reason_sft.eval_steps=2", "reason_sft.checkpoint.every_steps=2",
-    "grpo.max_steps=2", "grpo.max_prompts=16", "grpo.checkpoint.every_steps=1",
-    "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "evaluate.bootstrap_samples=200",
-    "baselines.sasrec.epochs=3", "baselines.sasrec_ce.epochs=2", "recommend.max_users=8",
-]
-
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, demo_data):
-    out = tmp_path_factory.mktemp("e2e") / "run"
-    sets = [f"ingest.source={demo_data}", f"storage.cache_uri={out.parent / 'cache'}",
-            f"tracking.uri=sqlite:///{out.parent / 'mlflow.db'}", *FAST]
-    assert cli.main(["run", "--config", "demo", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
-    return json.loads((out / "run.json").read_text())
+def run(first_run) -> dict:
+    """The session's first demo run (tests/e2e/conftest.py), with nothing registered before it."""
+    return first_run
 
 
 def test_run_record_lists_every_stage_output_with_its_digest(run):

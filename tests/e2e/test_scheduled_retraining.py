@@ -18,12 +18,12 @@ from components.ingest.demo_data import write_demo_data
 from pipeline import cli
 from pipeline.lineage import collect, render
 from tests.conftest import stop
-from tests.e2e.test_pipeline_run import FAST
+from tests.e2e.conftest import MODEL, run_demo
 from tests.serving.test_server import post, start_server
 
-MODEL = "sidreasoner-e2e"
-#: The module's fixture runs the pipeline twice (each ending with packaging, a serving check and
-#: recommendations) before the first test; a model server starts later.
+#: The module's fixtures run the pipeline twice (the session's first run, unless test_pipeline_run
+#: ran it already, and the second; each ends with packaging, a serving check and recommendations)
+#: before the first test; a model server starts later.
 pytestmark = pytest.mark.timeout(1800)
 
 
@@ -52,22 +52,12 @@ def changed_catalog(v1: Path, out: Path) -> tuple[set[str], set[str]]:
     return removed, {m["asin"] for m in new_meta}
 
 
-def _run(out: Path, source: Path, shared: list[str]) -> dict:
-    sets = [f"ingest.source={source}", *FAST, *shared]
-    assert cli.main(["run", "--config", "demo", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
-    return json.loads((out / "run.json").read_text())
-
-
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, demo_data):
-    root = tmp_path_factory.mktemp("retrain")
-    shared = [f"tracking.uri=sqlite:///{root / 'mlflow.db'}", f"retrain.registered_model={MODEL}",
-              f"storage.cache_uri={root / 'cache'}"]
-    first = _run(root / "run1", demo_data, shared)
-    removed, added = changed_catalog(demo_data, root / "catalog-v2")
-    second = _run(root / "run2", root / "catalog-v2", shared)
-    return {"first": first, "second": second, "removed": removed, "added": added,
-            "tracking": f"sqlite:///{root / 'mlflow.db'}"}
+def runs(first_run, demo_store, shared_settings, demo_data):
+    removed, added = changed_catalog(demo_data, demo_store / "catalog-v2")
+    second = run_demo(demo_store / "run2", demo_store / "catalog-v2", shared_settings)
+    return {"first": first_run, "second": second, "removed": removed, "added": added,
+            "tracking": f"sqlite:///{demo_store / 'mlflow.db'}"}
 
 
 def _sid_map(record: dict) -> pd.DataFrame:
