@@ -88,7 +88,9 @@ def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
 
 
 def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
-    """First vs last quarter of the steps, and the reward / reasoning-length rank correlation."""
+    """First vs last quarter of the training steps (a validation-only row, such as the starting
+    model's at step 0, is no training step), and the reward / reasoning-length rank correlation."""
+    table = [r for r in table if r.get("reward") is not None]
     if not table:
         return {}
     window = max(1, len(table) // 4)
@@ -97,7 +99,7 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         values = [r[col] for r in rows if r.get(col) is not None]
         return sum(values) / len(values) if values else None
 
-    summary: dict[str, Any] = {"logged_steps": sum(r.get("reward") is not None for r in table)}
+    summary: dict[str, Any] = {"logged_steps": len(table)}
     for col in ("reward", "hit_rate", "beam_hit_rate", "reasoning_closed_rate", "valid_sid_rate", "reasoning_tokens",
                 "reasoning_chars", "kl"):
         summary[f"{col}_first"] = mean(table[:window], col)

@@ -15,6 +15,7 @@ gets the table as CSV and a chart of reward vs reasoning length per step.
 from __future__ import annotations
 
 import csv
+import logging
 import random
 import tempfile
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ from components.common.training.validation import valid_rows, validation_sample,
 from components.grpo import report
 from components.grpo.config import GRPOStageConfig
 from components.grpo.rollout import plan_rollouts, vllm_server
+
+log = logging.getLogger(__name__)
 
 NAME = "grpo"
 
@@ -125,7 +128,12 @@ def run(cfg: GRPOStageConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     log_step_table(tracker, table)
     metrics = {"global_step": stats["global_step"], **stats["summary"]}
     if validated:
-        metrics.update(kept_step=stats["validation"]["kept_step"], kept_valid_value=stats["validation"]["kept_value"])
+        summary = stats["validation"]
+        metrics.update(kept_step=summary["kept_step"], kept_valid_value=summary["kept_value"])
+        if result.get("kept_start"):
+            log.warning("%s: no validation during training scored above the model it started from (%s %.4f at "
+                        "step 0, best %.4f at step %s): the stage's model is that reasoning model, unchanged",
+                        NAME, summary["metric"], summary["kept_value"], summary["best_value"], summary["best_step"])
     return finish_stage(NAME, cfg, tracker, outputs, stats, ctx.input_digests,
                         model_uri=ctx.uri_of("model", outputs["model"]), metrics=metrics)
 

@@ -406,7 +406,8 @@ def test_a_failed_pipeline_run_records_the_stages_message(tmp_path):
     reviews = source / "reviews.json.gz"
     reviews.write_bytes(reviews.read_bytes()[:-20])  # truncated
     proc = subprocess.run([sys.executable, "-m", "pipeline.cli", "run", "--config", "demo", "--out",
-                           str(tmp_path / "run"), "--set", f"ingest.source={source}"],
+                           str(tmp_path / "run"), "--set", f"ingest.source={source}",
+                           "--set", f"tracking.uri=sqlite:///{tmp_path / 'mlflow.db'}"],  # not the repo's build/
                           cwd=REPO, capture_output=True, text=True, timeout=600)
     expected = f"{reviews}: truncated or corrupt gzip data after line"
     assert proc.returncode == 1 and TRACEBACK not in proc.stderr

@@ -72,3 +72,19 @@ def weights(model_dir: str | Path) -> dict[str, torch.Tensor]:
     for path in sorted(Path(model_dir).glob("*.safetensors")):
         tensors.update(load_file(path))
     return tensors
+
+
+def scripted(monkeypatch, values: list[float], k: int = 10) -> list[int]:
+    """Make every validation return the next of ``values`` as HR@k and NDCG@k; returns the steps
+    it ran at."""
+    steps: list[int] = []
+
+    def run(self, trainer):
+        steps.append(trainer.state.global_step)
+        value = values[len(steps) - 1]
+        return {f"hr_at_{k}": value, f"ndcg_at_{k}": value, "validation_rows": 3.0, "validation_seconds": 0.0}
+
+    from components.common.training.validation import SidValidator
+
+    monkeypatch.setattr(SidValidator, "run", run)
+    return steps

@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from components.align_sft import STAGE as ALIGN
-from components.common import storage
+from components.common import artifacts, storage
 from components.common.config import ConfigError, parse_section
 from components.common.errors import InputError
 from components.common.lineage import _mlflow
 from components.grpo import STAGE as GRPO
 from components.reason_sft import STAGE as REASON
-from tests.training.conftest import CPU, context, weights
+from tests.training.conftest import CPU, context, scripted, weights
 from tests.training.synthetic import write_reasoning
 
 GRPO_TARGET = 13  # <a_1><b_2><c_1>
@@ -86,7 +86,9 @@ def grpo(tmp_path_factory, synthetic, reason, tracking_uri) -> dict:
     tmp = tmp_path_factory.mktemp("grpo")
     prompts = write_reasoning(tmp / "prompts.parquet", 32, targets=[GRPO_TARGET], seed=1)
     validation = {k: v for k, v in VALIDATION.items() if k != "metric"}
-    return run_grpo(tmp, {"max_steps": 10, "rollout_batch_size": 32, "validation": {**validation, "every_steps": 5}},
+    # validate_start off: the trained model is the stage's output whatever the 2-row validation says
+    return run_grpo(tmp, {"max_steps": 10, "rollout_batch_size": 32,
+                          "validation": {**validation, "every_steps": 5, "validate_start": False}},
                     prompts, reason, synthetic, tracking_uri)
 
 
@@ -231,6 +233,25 @@ def test_grpo_raises_the_mean_reward_and_reports_every_step(grpo, reason, synthe
     assert (validation["kept_step"], validation["kept_value"]) == (best["step"], best["ndcg_at_5"])
     history = mlflow.MlflowClient().get_metric_history(model.source_run_id, "train/eval_ndcg_at_5")
     assert sorted(m.step for m in history) == [5, 10]
+
+
+def test_grpo_that_never_beats_its_start_publishes_the_reasoning_model(tmp_path, synthetic, reason, tracking_uri,
+                                                                      monkeypatch, caplog):
+    """The starting model validates best (step 0): the stage's model has its weights and GRPO's
+    record, the stats and the log say so, and the step table keeps the start as a validation row."""
+    steps = scripted(monkeypatch, [0.9, 0.3, 0.5], k=VALIDATION["k"])
+    prompts = write_reasoning(tmp_path / "prompts.parquet", 16, targets=[GRPO_TARGET], seed=3)
+    validation = {k: v for k, v in VALIDATION.items() if k != "metric"}
+    result = run_grpo(tmp_path, {"max_steps": 2, "rollout_batch_size": 16, "checkpoint": {"every_steps": 1},
+                                 "validation": {**validation, "every_steps": 1}}, prompts, reason, synthetic, tracking_uri)
+    assert steps == [0, 1, 2]
+    stats = result["stats"]
+    assert (stats["validation"]["kept_step"], stats["validation"]["kept_value"]) == (0, 0.9)
+    assert (stats["validation"]["best_step"], stats["validation"]["best_value"]) == (2, 0.5)
+    assert [r["step"] for r in stats["steps"]] == [0, 1, 2] and stats["summary"]["logged_steps"] == 2
+    assert not any(changed(weights(reason["outputs"]["model"]), weights(result["outputs"]["model"])).values())
+    assert artifacts.read_model_record(result["outputs"]["model"]).stage == "grpo"
+    assert "no validation during training scored above the model it started from" in caplog.text
 
 
 def test_grpo_beam_rank_mode_trains_on_catalog_sids_and_reports_every_step(grpo_beam, reason, synthetic):

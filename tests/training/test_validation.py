@@ -35,7 +35,7 @@ from components.evaluate.metrics import row_gains, target_rank
 from components.grpo import report
 from components.grpo.config import RewardConfig
 from tests.tiny_sid_model import build_sid_model
-from tests.training.conftest import weights
+from tests.training.conftest import scripted, weights
 
 CODEBOOKS = (4, 5, 6)
 RECORD = artifacts.ModelRecord(sid_space=None, sid_map_digest=None, stage="test")
@@ -155,19 +155,6 @@ def test_the_validator_scores_the_live_model_as_evaluation_scores_the_saved_one(
 # ----------------------------------------------------------------------------------------------
 
 
-def scripted(monkeypatch, values: list[float]) -> list[int]:
-    """Make every validation return the next of ``values`` as NDCG@10; returns the steps it ran at."""
-    steps: list[int] = []
-
-    def run(self, trainer):
-        steps.append(trainer.state.global_step)
-        value = values[len(steps) - 1]
-        return {"hr_at_10": value, "ndcg_at_10": value, "validation_rows": 3.0, "validation_seconds": 0.0}
-
-    monkeypatch.setattr(SidValidator, "run", run)
-    return steps
-
-
 def job_of(root: Path, entry: str, payload) -> launch.TrainJob:
     return launch.TrainJob(entry=entry, stage="test", payload=payload.model_dump(mode="json"),
                            output_dir=str(root / "ckpt"), final_dir=str(root / "final"),
@@ -208,7 +195,8 @@ def test_sft_keeps_the_checkpoint_of_the_best_validation_ndcg_and_stops_on_it(si
     assert (summary["best_metric"], summary["best_global_step"]) == (0.7, 4)
 
 
-def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_path, monkeypatch):
+def grpo_validation_job(sid_setup, tmp_path: Path) -> tuple[launch.TrainJob, GRPOSettings]:
+    """Six GRPO steps on the tiny SID model, validated every two steps and at the start."""
     from datasets import Dataset
     from transformers import AutoTokenizer
 
@@ -221,26 +209,59 @@ def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_pa
                             num_generations=8, rollout_batch_size=16, per_device_batch_size=16, logging_steps=1,
                             rollout={"engine": "hf", "max_completion_length": 16},
                             validation={"every_steps": 2, "max_reasoning_tokens": 8})
-    steps = scripted(monkeypatch, [0.3, 0.8, 0.5])
     job = job_of(tmp_path, grpo.ENTRY, grpo.GRPOPayload(
         settings=settings, base_model=str(sid_setup["model_dir"]), prompts=str(tmp_path / "prompts"),
         gradient_accumulation_steps=1, use_vllm=False, rewards="components.grpo.rewards:for_training",
         reward_args={"reward": RewardConfig(mode="beam_rank", beam_width=4).model_dump(mode="json"),
                      "catalog": catalog[:4]},
         record=RECORD, sid_vocab=sid_setup["tokens"], validation=sample_of(sid_setup)))
+    return job, settings
+
+
+def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_path, monkeypatch):
+    job, settings = grpo_validation_job(sid_setup, tmp_path)
+    steps = scripted(monkeypatch, [0.2, 0.3, 0.8, 0.5])
     launch.run_entry(job)
     result = json.loads(job.result_path.read_text())
-    assert steps == [2, 4, 6] and result["global_step"] == 6
+    assert steps == [0, 2, 4, 6] and result["global_step"] == 6 and result["kept_start"] is False
     assert (result["best_global_step"], result["best_metric"]) == (4, 0.8)
     kept, last = weights(tmp_path / "ckpt" / "checkpoint-4"), weights(tmp_path / "final")
     assert all(torch.equal(kept[name], last[name]) for name in kept)
     assert not all(torch.equal(t, last[n]) for n, t in weights(tmp_path / "ckpt" / "checkpoint-6").items())
     table = report.step_table(result["log_history"], settings.validation)
-    assert [r["step"] for r in table] == [1, 2, 3, 4, 5, 6]
-    assert [r["validation_ndcg"] for r in table] == [None, 0.3, None, 0.8, None, 0.5]
-    assert all(r["reward"] is not None for r in table)  # the training records stay whole
+    assert [r["step"] for r in table] == [0, 1, 2, 3, 4, 5, 6]
+    assert [r["validation_ndcg"] for r in table] == [0.2, None, 0.3, None, 0.8, None, 0.5]
+    assert table[0]["reward"] is None and all(r["reward"] is not None for r in table[1:])  # training records whole
+    assert report.summarize(table)["logged_steps"] == 6
     summary = validation_summary(result["log_history"], settings.validation, result, restored_best=True)
     assert (summary["kept_step"], summary["kept_value"]) == (4, 0.8)
+
+
+def test_grpo_keeps_the_starting_model_when_no_validation_beats_it(sid_setup, tmp_path, monkeypatch):
+    """RL that never validated above where it started is not shipped: the stage's model is the
+    starting model's weights, with GRPO's record and SID vocabulary."""
+    job, settings = grpo_validation_job(sid_setup, tmp_path)
+    steps = scripted(monkeypatch, [0.9, 0.3, 0.8, 0.5])
+    launch.run_entry(job)
+    result = json.loads(job.result_path.read_text())
+    assert steps == [0, 2, 4, 6] and result["kept_start"] is True
+    start, final = weights(sid_setup["model_dir"]), weights(tmp_path / "final")
+    assert start.keys() == final.keys() and all(torch.equal(start[n], final[n]) for n in start)
+    assert not all(torch.equal(t, final[n]) for n, t in weights(tmp_path / "ckpt" / "checkpoint-4").items())
+    assert artifacts.read_model_record(str(tmp_path / "final")) == RECORD
+    assert not (tmp_path / "final" / "training_args.bin").exists()
+    summary = validation_summary(result["log_history"], settings.validation, result, restored_best=True)
+    assert (summary["kept_step"], summary["kept_value"], summary["best_step"]) == (0, 0.9, 4)
+
+
+def test_grpo_without_validate_start_keeps_its_own_best(sid_setup, tmp_path, monkeypatch):
+    job, settings = grpo_validation_job(sid_setup, tmp_path)
+    settings = settings.model_copy(update={"validation": settings.validation.model_copy(update={"validate_start": False})})
+    job = job.model_copy(update={"payload": {**job.payload, "settings": settings.model_dump(mode="json")}})
+    steps = scripted(monkeypatch, [0.3, 0.8, 0.5])
+    launch.run_entry(job)
+    result = json.loads(job.result_path.read_text())
+    assert steps == [2, 4, 6] and result["kept_start"] is False and result["best_global_step"] == 4
 
 
 def _validate_as_rank(rank: int, world: int, port: int, model_dir: str, sample: dict, settings: dict, out: str) -> None:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from components.common import artifacts
+from components.common import artifacts, storage
+from components.common.training import checkpoints
 from components.common.training.launch import TrainJob
 from components.common.training.settings import TrainerSettings
 
@@ -82,6 +84,17 @@ def save_trained_model(trainer: Any, job: TrainJob, record: artifacts.ModelRecor
     vocabulary and record, into ``job.final_dir``."""
     trainer.save_model(job.final_dir)  # gathers ZeRO-3 shards; the main process writes
     if trainer.is_world_process_zero():
+        artifacts.write_model_record(job.final_dir, record, sid_vocab)
+
+
+def keep_starting_model(trainer: Any, job: TrainJob, base_model: str, record: artifacts.ModelRecord,
+                        sid_vocab: list[str]) -> None:
+    """The model training started from, unchanged, into ``job.final_dir`` with this stage's
+    record and SID vocabulary (as :func:`save_trained_model` writes trained weights); the base
+    folder's publication manifest and the record of the run that trained it stay behind."""
+    if trainer.is_world_process_zero():
+        shutil.copytree(base_model, job.final_dir, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns(storage.MANIFEST, checkpoints.RESULT_FILE, "training_args.bin"))
         artifacts.write_model_record(job.final_dir, record, sid_vocab)
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -63,18 +63,31 @@ class GRPOPayload(BaseModel):
     """The valid sample of the periodic validation (``settings.validation.every_steps``)."""
 
 
-def validation_schedule(settings: GRPOSettings) -> dict[str, Any]:
+def validation_schedule(settings: GRPOSettings, resuming: bool) -> dict[str, Any]:
     """GRPOConfig arguments of the periodic validation: an evaluation (:class:`GRPOValidationLoop`)
     and a checkpoint every ``every_steps`` steps, the best one restored at the end. The Trainer
     then tracks the best step, keeps its checkpoint through rotation and resumes, and loads it
-    back after the last step."""
+    back after the last step. With ``validate_start`` the starting model is validated before the
+    first step (``eval_on_start``; a resumed run finds that record in the restored log history)."""
     validation = settings.validation
     if validation.every_steps is None:
         return dict(save_strategy="no", eval_strategy="no")
     return dict(eval_strategy="steps", eval_steps=validation.every_steps, save_strategy="steps",
                 save_steps=validation.every_steps, load_best_model_at_end=True,
                 metric_for_best_model=validation.best_metric_key, greater_is_better=True,
+                eval_on_start=validation.validate_start and not resuming,
                 num_generations_eval=1)  # one greedy decoding per prompt (TRL checks eval batches by it)
+
+
+def start_beats_training(log_history: Sequence[Mapping[str, Any]], settings: GRPOSettings,
+                         best_metric: float | None) -> bool:
+    """Whether the starting model's validation (step 0) scored above every validation during
+    training (the Trainer's best, which never counts the evaluation on start)."""
+    if settings.validation.every_steps is None or not settings.validation.validate_start:
+        return False
+    key = settings.validation.best_metric_key
+    start = next((r[key] for r in log_history if key in r and int(r["step"]) == 0), None)
+    return start is not None and (best_metric is None or start > best_metric)
 
 
 def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use_vllm: bool,
@@ -99,7 +112,7 @@ def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use
         vllm_tensor_parallel_size=rollout.vllm_tensor_parallel_size,
         vllm_max_model_length=rollout.max_prompt_length + rollout.max_completion_length,
         vllm_server_base_url=vllm_server_url, vllm_server_timeout=rollout.server.timeout,
-        shuffle_dataset=True, log_completions=False, **validation_schedule(settings),
+        shuffle_dataset=True, log_completions=False, **validation_schedule(settings, job.resume_from is not None),
     )
 
 
@@ -116,7 +129,13 @@ def train_grpo(job: TrainJob) -> None:
     from trl import GRPOConfig
 
     from components.common.training.callbacks import standard_callbacks, train_with_checkpoints
-    from components.common.training.engine import load_trained_model, resumed_step, save_trained_model, write_result
+    from components.common.training.engine import (
+        keep_starting_model,
+        load_trained_model,
+        resumed_step,
+        save_trained_model,
+        write_result,
+    )
     from components.common.training.hf_generation import BoundedGenerationGRPOTrainer
     from components.common.training.validation import GRPOValidationLoop, SidValidator
 
@@ -147,5 +166,10 @@ def train_grpo(job: TrainJob) -> None:
         trainer.sid_validator = SidValidator(settings.validation, payload.validation, tokenizer)
     resumed_from = resumed_step(job)
     train_with_checkpoints(trainer, job)
-    save_trained_model(trainer, job, payload.record, payload.sid_vocab)
-    write_result(job, trainer, resumed_from)
+    # every process reads the same summed validation counts, so all take the same branch
+    kept_start = start_beats_training(trainer.state.log_history, settings, trainer.state.best_metric)
+    if kept_start:
+        keep_starting_model(trainer, job, payload.base_model, payload.record, payload.sid_vocab)
+    else:
+        save_trained_model(trainer, job, payload.record, payload.sid_vocab)
+    write_result(job, trainer, resumed_from, extra={"kept_start": kept_start})

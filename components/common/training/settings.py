@@ -149,6 +149,10 @@ class GRPOValidation(ValidationConfig):
     """Validate (and save a checkpoint) every this many optimizer steps and after the last one,
     and restore the best validated checkpoint at the end; null: no validation, the last weights
     are kept."""
+    validate_start: bool = True
+    """Also validate the model GRPO starts from (step 0, before the first update), and keep it
+    as the stage's model when no later validation scores above it: RL that did not help on
+    valid is not shipped. false: the best of GRPO's own validations is kept."""
 
 
 class TrainerSettings(Section):

@@ -84,12 +84,17 @@ def validation_sample(rows: Sequence[tuple[list[str], str]], catalog: artifacts.
 def validation_summary(log_history: Sequence[Mapping[str, Any]], settings: ValidationConfig,
                        result: Mapping[str, Any], restored_best: bool) -> dict[str, Any]:
     """The validation curve (one entry per evaluation that has the metric) and the step whose
-    weights were kept (the best one when ``restored_best``, else the last), for the stage stats."""
+    weights were kept (the best one when ``restored_best``, else the last; 0 when the starting
+    model was kept, ``result["kept_start"]``), for the stage stats."""
     key = settings.best_metric_key
     curve = [{"step": int(r["step"]), **{k.removeprefix("eval_"): v for k, v in r.items() if k.startswith("eval_")}}
              for r in log_history if key in r]
-    kept_step = result.get("best_global_step") if restored_best and result.get("best_global_step") \
-        else result.get("global_step")
+    if result.get("kept_start"):
+        kept_step = 0
+    elif restored_best and result.get("best_global_step"):
+        kept_step = result["best_global_step"]
+    else:
+        kept_step = result.get("global_step")
     kept = next((row for row in curve if row["step"] == kept_step), None)
     name = key.removeprefix("eval_")
     return {"metric": name, "mode": settings.mode if settings.ranks else None,
