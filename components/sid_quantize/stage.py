@@ -48,7 +48,7 @@ from components.sid_quantize.incremental import Previous, check_embeddings_match
 from components.sid_quantize.quantizer import Quantizer, rq_encode, save_quantizer
 from components.sid_quantize.rq_kmeans import train_rq_kmeans
 from components.sid_quantize.rq_vae import train_rq_vae
-from components.sid_quantize.runtime import resolve_device, torch_threads
+from components.sid_quantize.runtime import deterministic_on_cpu, resolve_device, torch_threads
 from components.sid_quantize.sid_map import SidMap
 
 log = logging.getLogger(__name__)
@@ -79,9 +79,10 @@ def _check_catalog_fits(cfg: SidQuantizeConfig, item_ids: list[str], previous: P
 
 
 def _train(cfg: SidQuantizeConfig, x: torch.Tensor, seed: int) -> tuple[Quantizer, dict[str, Any]]:
-    if cfg.method == "rq_kmeans":
-        return train_rq_kmeans(x, cfg.codebook_sizes, cfg.rq_kmeans, cfg.collisions, seed)
-    return train_rq_vae(x, cfg.codebook_sizes, cfg.rq_vae, seed)
+    with deterministic_on_cpu(x.device):  # the same SIDs from the same embeddings, whatever the thread count
+        if cfg.method == "rq_kmeans":
+            return train_rq_kmeans(x, cfg.codebook_sizes, cfg.rq_kmeans, cfg.collisions, seed)
+        return train_rq_vae(x, cfg.codebook_sizes, cfg.rq_vae, seed)
 
 
 def continue_previous_run(cfg: SidQuantizeConfig, inputs: Mapping[str, str], tracker: StageRun) -> SidQuantizeConfig:

@@ -15,7 +15,8 @@ from components.common.sid import parse_sid, split_tokens, vocabulary
 from components.sid_quantize.encoders import read_embeddings
 from tests.sid_quantize.conftest import OFFICE_ENCODER, OFFICE_RQ_KMEANS, read_items, run_stage, write_items
 
-TINY_RQ_VAE = {"method": "rq_vae", "encoder": OFFICE_ENCODER, "cpu_threads": 1,
+# two threads: RQ-VAE training on more than one was not reproducible before deterministic_on_cpu
+TINY_RQ_VAE = {"method": "rq_vae", "encoder": OFFICE_ENCODER, "cpu_threads": 2,
                "rq_vae": {"hidden_dims": [256, 128], "epochs": 20, "eval_every": 10, "warmup_epochs": 5,
                           "kmeans_init_iters": 30}}
 
