@@ -27,9 +27,9 @@ FAST = [
 MODEL = "sidreasoner-e2e"
 
 
-def run_demo(out: Path, source: Path, shared: list[str]) -> dict:
-    """``sidreasoner run --config demo`` cut to FAST on the catalog at ``source``; its run.json."""
-    sets = [f"ingest.source={source}", *FAST, *shared]
+def run_demo(out: Path, source: Path, sets: list[str]) -> dict:
+    """``sidreasoner run --config demo`` with ``sets`` on the catalog at ``source``; its run.json."""
+    sets = [f"ingest.source={source}", *sets]
     assert cli.main(["run", "--config", "demo", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
     return json.loads((out / "run.json").read_text())
 
@@ -50,4 +50,4 @@ def shared_settings(demo_store) -> list[str]:
 @pytest.fixture(scope="session")
 def first_run(demo_store, shared_settings, demo_data) -> dict:
     """A first scheduled run on the demo catalog: nothing registered yet."""
-    return run_demo(demo_store / "run1", demo_data, shared_settings)
+    return run_demo(demo_store / "run1", demo_data, [*FAST, *shared_settings])

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 
 from components.ingest.demo_data import write_demo_data
-from pipeline import cli
+from tests.e2e.conftest import run_demo
 
 PINNED = json.loads((Path(__file__).parent / "pinned" / "demo_results.json").read_text())
 
@@ -32,11 +32,8 @@ pytestmark = [
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-results")
     write_demo_data(str(root / "demo-data"))  # `sidreasoner demo-data`'s defaults, as `make demo`
-    out = root / "run"
-    sets = [f"ingest.source={root / 'demo-data'}", f"storage.cache_uri={root / 'cache'}",
-            f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "evaluate.splits=[valid,test]"]
-    assert cli.main(["run", "--config", "demo", "--out", str(out), *[a for s in sets for a in ("--set", s)]]) == 0
-    return json.loads((out / "run.json").read_text())
+    return run_demo(root / "run", root / "demo-data", [f"storage.cache_uri={root / 'cache'}",
+                    f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "evaluate.splits=[valid,test]"])
 
 
 def test_every_model_scores_the_pinned_hr_and_ndcg_at_10_on_valid_and_test(run):

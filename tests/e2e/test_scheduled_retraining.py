@@ -18,7 +18,7 @@ from components.ingest.demo_data import write_demo_data
 from pipeline import cli
 from pipeline.lineage import collect, render
 from tests.conftest import stop
-from tests.e2e.conftest import MODEL, run_demo
+from tests.e2e.conftest import FAST, MODEL, run_demo
 from tests.serving.test_server import post, start_server
 
 #: The module's fixtures run the pipeline twice (the session's first run, unless test_pipeline_run
@@ -55,7 +55,7 @@ def changed_catalog(v1: Path, out: Path) -> tuple[set[str], set[str]]:
 @pytest.fixture(scope="module")
 def runs(first_run, demo_store, shared_settings, demo_data):
     removed, added = changed_catalog(demo_data, demo_store / "catalog-v2")
-    second = run_demo(demo_store / "run2", demo_store / "catalog-v2", shared_settings)
+    second = run_demo(demo_store / "run2", demo_store / "catalog-v2", [*FAST, *shared_settings])
     return {"first": first_run, "second": second, "removed": removed, "added": added,
             "tracking": f"sqlite:///{demo_store / 'mlflow.db'}"}
 
