@@ -237,11 +237,13 @@ def test_grpo_validates_every_n_steps_and_keeps_the_best_model(sid_setup, tmp_pa
     assert (summary["kept_step"], summary["kept_value"]) == (4, 0.8)
 
 
-def test_grpo_keeps_the_starting_model_when_no_validation_beats_it(sid_setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("at_start", [0.9, 0.8], ids=["start-above", "tie"])
+def test_grpo_keeps_the_starting_model_when_no_validation_beats_it(sid_setup, tmp_path, monkeypatch, at_start):
     """RL that never validated above where it started is not shipped: the stage's model is the
-    starting model's weights, with GRPO's record and SID vocabulary."""
+    starting model's weights, with GRPO's record and SID vocabulary. A step that only ties the
+    start does not replace it."""
     job, settings = grpo_validation_job(sid_setup, tmp_path)
-    steps = scripted(monkeypatch, [0.9, 0.3, 0.8, 0.5])
+    steps = scripted(monkeypatch, [at_start, 0.3, 0.8, 0.5])
     launch.run_entry(job)
     result = json.loads(job.result_path.read_text())
     assert steps == [0, 2, 4, 6] and result["kept_start"] is True
@@ -251,7 +253,7 @@ def test_grpo_keeps_the_starting_model_when_no_validation_beats_it(sid_setup, tm
     assert artifacts.read_model_record(str(tmp_path / "final")) == RECORD
     assert not (tmp_path / "final" / "training_args.bin").exists()
     summary = validation_summary(result["log_history"], settings.validation, result, restored_best=True)
-    assert (summary["kept_step"], summary["kept_value"], summary["best_step"]) == (0, 0.9, 4)
+    assert (summary["kept_step"], summary["kept_value"], summary["best_step"]) == (0, at_start, 4)
 
 
 def test_grpo_without_validate_start_keeps_its_own_best(sid_setup, tmp_path, monkeypatch):

@@ -81,13 +81,14 @@ def validation_schedule(settings: GRPOSettings, resuming: bool) -> dict[str, Any
 
 def start_beats_training(log_history: Sequence[Mapping[str, Any]], settings: GRPOSettings,
                          best_metric: float | None) -> bool:
-    """Whether the starting model's validation (step 0) scored above every validation during
-    training (the Trainer's best, which never counts the evaluation on start)."""
+    """Whether no validation during training (the Trainer's best, which never counts the
+    evaluation on start) scored above the starting model's (step 0): a tie keeps the start, as
+    the Trainer keeps the first of equal checkpoints, and RL that did not beat it is not shipped."""
     if settings.validation.every_steps is None or not settings.validation.validate_start:
         return False
     key = settings.validation.best_metric_key
     start = next((r[key] for r in log_history if key in r and int(r["step"]) == 0), None)
-    return start is not None and (best_metric is None or start > best_metric)
+    return start is not None and (best_metric is None or start >= best_metric)
 
 
 def grpo_arguments(settings: GRPOSettings, job: TrainJob, accumulation: int, use_vllm: bool,
