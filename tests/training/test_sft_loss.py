@@ -1,6 +1,7 @@
 """The SFT engine's CPU loss (``loss_kernel: logits``, the model's own forward) is TRL's loss:
 the same value and the same gradients as SFTTrainer's fused LM-head kernel, on a padded batch of
-mixed-length rows with prompt tokens unsupervised, under gradient accumulation's normalisation."""
+mixed-length rows with prompt tokens unsupervised, under gradient accumulation's normalisation,
+with the LM head run on the supervised positions only."""
 
 from __future__ import annotations
 
@@ -40,7 +41,16 @@ def test_the_logits_loss_equals_trls_fused_kernel_loss(tmp_path):
 
     model.train()
     fused, fused_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items))
+    head_rows = []
+    hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: head_rows.append(args[0].shape))
     logits, logits_grads = loss_and_grads(lambda: sft.model_loss(trainer, model, dict(batch), False, num_items))
+    hook.remove()
+    # the LM head saw the supervised positions only
+    assert head_rows == [torch.Size([supervised, model.config.hidden_size])]
+    with torch.no_grad():  # an evaluation that asks for the outputs gets the full logits, and the same loss
+        full, outputs = sft.model_loss(trainer, model, dict(batch), True, num_items)
+    assert outputs.logits.shape[:2] == batch["input_ids"].shape
+    assert full.item() == pytest.approx(logits.item(), rel=1e-5)
     assert logits.item() == pytest.approx(fused.item(), rel=1e-5)
     for name, grad in fused_grads.items():
         torch.testing.assert_close(logits_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -236,7 +236,8 @@ class SFTSettings(TrainerSettings):
     """How the loss is computed (the same loss either way: summed over the supervised tokens,
     divided by their count in the step). fused: TRL's fused LM-head kernel (no logits tensor, and
     per-step entropy / token-accuracy metrics; Triton on GPUs, a slow torch fallback elsewhere);
-    logits: the model's own forward over the full logits; auto: fused on GPUs, logits on a CPU."""
+    logits: the model's own forward, its LM head on the supervised positions only (prompts and
+    padding never reach the vocabulary); auto: fused on GPUs, logits on a CPU."""
     validation: SFTValidation = Field(default_factory=SFTValidation)
     """The metric that picks the kept checkpoint: the validation loss or HR/NDCG@k of the
     constrained decoder on the valid sample."""

@@ -15,7 +15,8 @@ reasoning activation (Stage 2a).
   ``completion_only_loss=True`` TRL 1.16 builds the labels from the mask during dataset
   preparation (``SFTTrainer._prepare_dataset``: -100 where the mask is 0); the examples are already
   cut to ``max_length``, so TRL's truncation is off. The loss is TRL's (fused LM-head kernel) on
-  GPUs and the model's own over full logits on a CPU (:func:`model_loss`; ``loss_kernel``).
+  GPUs and the model's own forward on a CPU, the LM head on the supervised positions only
+  (:func:`model_loss`; ``loss_kernel``).
 * Validation: each evaluation computes the loss on the eval rows and, with a ranking
   ``validation.metric``, HR/NDCG@k of the constrained decoder on the valid sample
   (:mod:`components.common.training.validation`); the best one is kept.
@@ -247,22 +248,42 @@ def summarize(result: Mapping[str, Any]) -> dict[str, Any]:
 
 def model_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_outputs: bool,
                num_items_in_batch: Any) -> Any:
-    """The SFT loss through the model's own forward (``loss_kernel: logits``), as
-    ``transformers.Trainer`` computes it: cross-entropy of the next-token logits summed over the
-    supervised tokens (labels != -100) and divided by their count in the optimizer step
-    (``num_items_in_batch``): the loss TRL's SFTTrainer computes, same labels, same normalisation.
+    """The SFT loss through the model's own forward (``loss_kernel: logits``): cross-entropy of the
+    next-token logits summed over the supervised tokens (labels != -100) and divided by their
+    count in the optimizer step (``num_items_in_batch``): the loss TRL's SFTTrainer computes, same
+    labels, same normalisation.
 
     Why on a CPU: SFTTrainer scores the labels with a fused LM-head kernel (per-token
     log-probabilities without materialising the logits, plus entropy and top-1 accuracy for its
     per-step metrics). Without Triton it falls back to torch ops that score every position,
     padding included, over the whole vocabulary in some ten passes forward and back: on
     office-tiny's alignment corpus (4,096-token vocabulary, a 64-wide model) ~90% of the step.
-    The full-logits loss is one matmul, a log-softmax and a gather each way; the per-step
-    ``entropy`` / ``mean_token_accuracy`` metrics are not computed.
+
+    Here the LM head runs on the supervised positions only: the decoder's hidden states are
+    gathered where the shifted labels are supervised, then projected to the vocabulary, one
+    matmul, a log-softmax and a gather each way. Prompt and padding positions (half the tokens of
+    the alignment corpus: the chat prompts of the SID-history rows are ~110 tokens for a 3-token
+    answer) never reach the vocabulary, which in a 64-wide model with a 4,000-token vocabulary is
+    most of a step's work. The per-step ``entropy`` / ``mean_token_accuracy`` metrics are not
+    computed. A model wrapped for distributed training (DDP, DeepSpeed) must run its own forward
+    for the gradient sync, and an evaluation that returns the outputs needs the full logits: both
+    take ``transformers.Trainer``'s loss over the full logits, the same value.
     """
     from transformers import Trainer
 
-    return Trainer.compute_loss(trainer, model, {**inputs, "use_cache": False}, return_outputs, num_items_in_batch)
+    unwrapped = trainer.accelerator.unwrap_model(model)
+    if return_outputs or unwrapped is not model:
+        return Trainer.compute_loss(trainer, model, {**inputs, "use_cache": False}, return_outputs,
+                                    num_items_in_batch)
+    import torch.nn.functional as F
+
+    labels = inputs["labels"][:, 1:]
+    supervised = labels != -100
+    hidden = unwrapped.get_decoder()(**{k: v for k, v in inputs.items() if k != "labels"},
+                                     use_cache=False).last_hidden_state
+    logits = unwrapped.get_output_embeddings()(hidden[:, :-1][supervised]).float()
+    loss = F.cross_entropy(logits, labels[supervised], reduction="sum")
+    return loss / (num_items_in_batch if num_items_in_batch is not None else supervised.sum())
 
 
 def train_sft(job: launch.TrainJob) -> None:
