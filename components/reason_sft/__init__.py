@@ -14,8 +14,6 @@ STAGE = Stage(
     inputs={"sft_model": Input(artifacts.MODEL, "align_sft.model", "the aligned model"),
             "reasoning": Input(artifacts.REASONING, "teacher_corpus.reasoning", "reasoning paths"),
             "sid_map": Input(artifacts.SID_MAP, "sid_quantize.sid_map", "the catalog"),
-            "corpus": Input(artifacts.CORPUS, "teacher_corpus.corpus", "alignment rows replayed (replay_fraction)",
-                            when=lambda cfg: cfg.reason_sft.replay_fraction > 0),
             "samples": Input(artifacts.SAMPLES, "ingest.samples",
                              "the valid split, for validation.metric ndcg / hr (thinking-mode validation)",
                              when=lambda cfg: cfg.reason_sft.validation.ranks)},

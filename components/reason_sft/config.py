@@ -50,15 +50,6 @@ class ReasonSFTConfig(SFTSettings):
     example of the same history and target: the direct prompt + empty think block, as evaluation
     and serving decode direct mode, then the target SID. Reasoning SFT on thinking rows alone makes
     the direct mode forget what alignment taught; every reasoning row is still trained. 0: off."""
-    replay_fraction: float = Field(0.0, ge=0.0, le=4.0)
-    """Alignment replay: beside the training reasoning rows, this many alignment corpus rows per
-    reasoning row (a seeded sample of the corpus rows of ``replay_tasks``, at most all of them),
-    encoded as alignment SFT encodes them. Reasoning SFT moves the SID tokens toward what the
-    reasoning rows need and loses part of what alignment taught them (office-tiny's direct mode,
-    pipeline/configs/office-tiny.yaml); the replayed rows keep it. Needs the corpus input
-    (``--corpus``). 0: off."""
-    replay_tasks: list[str] | None = Field(None, min_length=1)
-    """The corpus tasks replayed (each must be in the corpus); null: every task in it."""
     validation: ReasoningValidation = Field(default_factory=ReasoningValidation)
     """The metric that picks the kept checkpoint: the loss on the held-out reasoning rows (the
     recipe), or HR/NDCG@k of thinking-mode decoding on the valid sample (needs the samples input)."""

@@ -4,8 +4,7 @@
 The recipe, top to bottom: pre-flight (hardware, the aligned model is a causal LM that knows every
 SID token of the sid_map); the reasoning rows, checked (catalog SIDs, no reasoning naming its
 target), split into training and a held-out share (the validation loss); with ``direct_fraction``,
-direct-mode examples of a share of the training rows beside them, with ``replay_fraction`` a
-seeded sample of the alignment corpus's rows; with a ranking
+direct-mode examples of a share of the training rows beside them; with a ranking
 validation metric, a seeded sample of the valid split (thinking-mode HR/NDCG); the SFT engine
 trains from a copy of the aligned model and publishes the model; stats and the MLflow
 LoggedModel follow.
@@ -43,30 +42,17 @@ def split_rows(rows: list[artifacts.ReasoningRow], eval_fraction: float, max_row
     return (train[:max_rows] if max_rows else train), held_out
 
 
-def replay_rows(corpus: list[artifacts.CorpusRow], n_reasoning: int, fraction: float,
-                seed: int) -> list[artifacts.CorpusRow]:
-    """A seeded sample of ``fraction`` alignment rows per reasoning row (at most the whole corpus),
-    in corpus order."""
-    n = min(round(fraction * n_reasoning), len(corpus))
-    return [corpus[i] for i in sorted(random.Random(f"{seed}:replay").sample(range(len(corpus)), n))]
-
-
-def encode_training(tokenizer: Any, rows: list[artifacts.ReasoningRow], cfg: ReasonSFTConfig, seed: int,
-                    corpus: list[artifacts.CorpusRow] = ()) -> sft.Encoded:
+def encode_training(tokenizer: Any, rows: list[artifacts.ReasoningRow], cfg: ReasonSFTConfig,
+                    seed: int) -> sft.Encoded:
     """Every training row as a reasoning example; with ``cfg.direct_fraction``, also a direct-mode
     example (direct prompt + empty think block -> target SID, as direct decoding prompts it) of
-    the same history and target for a seeded share of them, so the direct mode is still trained;
-    with ``cfg.replay_fraction``, a seeded sample of the alignment ``corpus`` rows, encoded as
-    alignment encodes them (each counted under its task), so the SIDs keep what alignment taught.
-    The extra examples are appended: the trainer shuffles the examples every epoch."""
+    the same history and target for a seeded share of them, so the direct mode is still trained.
+    The direct examples are appended: the trainer shuffles the examples every epoch."""
     out = sft.encode_reasoning(tokenizer, rows, "reasoning", cfg.max_length)
     chosen = sorted(random.Random(seed).sample(range(len(rows)), round(cfg.direct_fraction * len(rows))))
     if chosen:
         direct = [(rows[i].history_sids, rows[i].target_sid) for i in chosen]
         out.extend(sft.encode_direct(tokenizer, direct, cfg.supervise_end_token, cfg.max_length, kind="direct"))
-    if cfg.replay_fraction:
-        replayed = replay_rows(list(corpus), len(rows), cfg.replay_fraction, seed)
-        out.extend(sft.encode_corpus(tokenizer, replayed, cfg.supervise_end_token, cfg.max_length))
     return out
 
 
@@ -81,14 +67,6 @@ def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outp
     artifacts.check_model_vocabulary(inputs["sft_model"], catalog, "input sft_model")
     rows = artifacts.read_reasoning(inputs["reasoning"], catalog)
     train_rows, held_out = split_rows(rows, cfg.eval_fraction, cfg.max_rows, ctx.seed)
-    corpus: list[artifacts.CorpusRow] = []
-    if cfg.replay_fraction:
-        if "corpus" not in inputs:
-            raise ConfigError(f"{NAME}.replay_fraction: {cfg.replay_fraction} replays alignment corpus rows, but no "
-                              "corpus input was given (--corpus)")
-        corpus = artifacts.read_corpus(inputs["corpus"], catalog, cfg.replay_tasks)
-        if not corpus:
-            raise InputError(f"corpus {inputs['corpus']}: no rows to replay ({NAME}.replay_fraction)")
     validation = None
     if cfg.validation.ranks:
         if "samples" not in inputs:
@@ -102,7 +80,7 @@ def run(cfg: ReasonSFTConfig, ctx: StageContext, inputs: Mapping[str, str], outp
 
     def encode(tokenizer):
         evaluation = sft.encode_reasoning(tokenizer, held_out, "held_out", cfg.max_length) if held_out else None
-        return encode_training(tokenizer, train_rows, cfg, ctx.seed, corpus), evaluation
+        return encode_training(tokenizer, train_rows, cfg, ctx.seed), evaluation
 
     record = artifacts.ModelRecord(sid_space=catalog.sid_space, sid_map_digest=ctx.input_digests["sid_map"], stage=NAME)
     stats = sft.run_sft(stage=NAME, cfg=cfg, ctx=ctx, tracker=tracker, output=outputs["model"],
