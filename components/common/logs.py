@@ -7,11 +7,12 @@ logs and CI logs, where carriage returns are noise.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import sys
 import time
 from typing import Any
+
+from components.common.processes import environ_snapshot
 
 _SECRET_NAME = re.compile(r"(KEY|TOKEN|SECRET|PASSWORD|CREDENTIAL)", re.IGNORECASE)
 _MIN_SECRET_LEN = 6
@@ -31,7 +32,7 @@ def secret_values() -> list[str]:
     """Values of environment variables whose name looks secret (API keys, tokens), and the
     values passed to :func:`register_secret`."""
     return sorted(
-        {v for k, v in os.environ.items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN}
+        {v for k, v in environ_snapshot().items() if _SECRET_NAME.search(k) and len(v) >= _MIN_SECRET_LEN}
         | _REGISTERED,
         key=len,
         reverse=True,

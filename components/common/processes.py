@@ -1,11 +1,22 @@
-"""Stopping a child process started in its own session (``start_new_session=True``) together
-with everything it spawned: a vLLM server and its engine workers, a test's emulator or server."""
+"""Child processes: the environment they are given, and stopping one started in its own session
+(``start_new_session=True``) together with everything it spawned: a vLLM server and its engine
+workers, a test's emulator or server."""
 
 from __future__ import annotations
 
 import os
 import signal
 import subprocess
+
+
+def environ_snapshot() -> dict[str, str]:
+    """``os.environ`` as a plain dict, safe while another thread sets or unsets variables.
+
+    ``dict(os.environ)``, ``{**os.environ}`` and ``os.environ.items()`` list the names, then look
+    each one up: a variable unset in between raises ``KeyError``. MLflow does that on import: its
+    telemetry client unsets ``_MLFLOW_TELEMETRY_SESSION_ID`` from a background thread once its
+    config fetch ends (offline: fails), which crashed a GRPO stage while it redacted its params."""
+    return {name: value for name in list(os.environ) if (value := os.environ.get(name)) is not None}
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import logging
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -20,7 +19,7 @@ from dataclasses import dataclass, field
 
 from components.common import hardware
 from components.common.config import ConfigError
-from components.common.processes import stop_process_group
+from components.common.processes import environ_snapshot, stop_process_group
 from components.grpo.config import GRPOStageConfig
 
 log = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ def vllm_server(plan: RolloutPlan, cfg: GRPOStageConfig, model_dir: str) -> Iter
         yield
         return
     cmd = vllm_server_command(cfg, model_dir)
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(plan.server_gpus))
+    env = dict(environ_snapshot(), CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(plan.server_gpus))
     log.info("starting vLLM server on GPU(s) %s: %s", plan.server_gpus, " ".join(cmd))
     proc = subprocess.Popen(cmd, env=env, start_new_session=True)
     try:

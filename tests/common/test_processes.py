@@ -1,12 +1,18 @@
-"""Stopping a child's process group: SIGTERM first, SIGKILL after the grace period."""
+"""Child processes: the environment handed to them, and stopping a process group (SIGTERM first,
+SIGKILL after the grace period)."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
+from collections.abc import MutableMapping
 
-from components.common.processes import stop_process_group
+import pytest
+
+from components.common.logs import redact
+from components.common.processes import environ_snapshot, stop_process_group
 
 
 def test_a_process_group_is_terminated_and_a_stubborn_one_killed():
@@ -20,3 +26,36 @@ def test_a_process_group_is_terminated_and_a_stubborn_one_killed():
     stop_process_group(stubborn, grace_s=0.5)
     assert stubborn.returncode == -signal.SIGKILL
     stop_process_group(stubborn, grace_s=0.5)  # already gone: nothing to do
+
+
+class _UnsetWhileListed(MutableMapping):
+    """A mapping like ``os.environ`` (``os._Environ`` is a ``MutableMapping`` over a dict) in which
+    ``GONE`` is listed but unset before it is read, as a variable that another thread unsets
+    between the two steps (MLflow's telemetry thread does, on import)."""
+
+    def __init__(self, **values: str):
+        self.values = values
+
+    def __iter__(self):
+        return iter([*self.values, "GONE"])
+
+    def __getitem__(self, name):
+        return self.values[name]
+
+    def __len__(self):
+        return len(self.values) + 1
+
+    def __setitem__(self, name, value):
+        self.values[name] = value
+
+    def __delitem__(self, name):
+        del self.values[name]
+
+
+def test_the_environment_snapshot_skips_a_variable_unset_while_it_is_read(monkeypatch):
+    environ = _UnsetWhileListed(PATH="/bin", TEACHER_API_KEY="sk-secret-value")
+    with pytest.raises(KeyError):
+        dict(environ.items())  # what dict(os.environ), {**os.environ} and .items() do: list, then look up
+    monkeypatch.setattr(os, "environ", environ)
+    assert environ_snapshot() == {"PATH": "/bin", "TEACHER_API_KEY": "sk-secret-value"}
+    assert redact("key sk-secret-value") == "key ***"  # redaction reads the environment on every log line

@@ -37,6 +37,7 @@ from pydantic import BaseModel, model_validator
 from components.common import hardware, storage
 from components.common.config import ConfigError
 from components.common.logs import setup_logging
+from components.common.processes import environ_snapshot
 from components.common.training import checkpoints
 from components.common.training.settings import LaunchConfig, TrainerSettings
 
@@ -180,7 +181,7 @@ def run_job(job: TrainJob, job_path: Path, launch: LaunchConfig, bf16: bool, gpu
         run_entry(job)
     else:
         cmd = launch_command(job_path, launch, job.world_size, bf16)
-        env = dict(os.environ, CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(gpu_ids),
+        env = dict(environ_snapshot(), CUDA_VISIBLE_DEVICES=hardware.cuda_visible_devices(gpu_ids),
                    TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1", **rendezvous_env(job, launch))
         log.info("launching %d training process(es): %s", job.world_size, " ".join(cmd))
         proc = subprocess.run(cmd, env=env, check=False)
