@@ -29,8 +29,12 @@ demo: install
 	$(BIN)/sidreasoner demo-data --out build/demo-data
 	$(BIN)/sidreasoner run --config demo --out $(DEMO_OUT)
 
+# The suite runs on pytest-xdist workers, one per core and at most 4 (each holds its own servers,
+# torch and stage subprocesses; TEST_WORKERS=0 runs it in one process); tests/conftest.py shares
+# the tests out a module at a time.
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 1); echo $$(( n < 4 ? n : 4 )))
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The demo's results against the values the README reports (tests/e2e/pinned/demo_results.json):
 # the whole demo pipeline, ~5 min on an idle machine; `make test` skips it.

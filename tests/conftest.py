@@ -6,14 +6,19 @@
 * ``mlflow_server``: ``mlflow server`` with a sqlite store.
 * ``demo_data``: a small synthetic Amazon-2018 catalog.
 * ``office_pack``: the shared real Office release pack (skips when ../shared is absent).
+
+``make test`` runs the suite on several pytest-xdist workers (:func:`pytest_xdist_make_scheduler`
+says how tests are shared out); each worker has its own temp folder (below).
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -25,6 +30,15 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ.setdefault("GOOGLE_CLOUD_PROJECT", "test-project")
+#: An xdist worker's own temp folder. Training stages work in <tmp>/sidreasoner-train/<stage>-<job
+#: fingerprint> and wipe it first: two workers training the same job (same config, same data) must
+#: not share it. Subprocesses (the stage CLIs, kfp's local runner) inherit TMPDIR.
+WORKER_TMP = (Path(tempfile.gettempdir()) / f"sidreasoner-tests-{os.getpid()}-{os.environ['PYTEST_XDIST_WORKER']}"
+              if "PYTEST_XDIST_WORKER" in os.environ else None)
+if WORKER_TMP:
+    WORKER_TMP.mkdir(parents=True, exist_ok=True)
+    os.environ["TMPDIR"] = tempfile.tempdir = str(WORKER_TMP)
+
 
 from components.common.processes import stop_process_group  # noqa: E402
 
@@ -45,6 +59,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     skip = pytest.mark.skip(reason="gpu test: no CUDA device is visible")
     for item in gpu_items:
         item.add_marker(skip)
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log):
+    """Share tests out a module at a time, so that a module's fixtures run once, and tests/e2e as
+    one unit: its two modules share the session's first demo run, which takes minutes."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "tests/e2e" if module.startswith("tests/e2e/") else module
+
+    return ModuleScheduling(config, log)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """A worker's temp folder goes with it (its servers are stopped by then: fixtures tear down first)."""
+    if WORKER_TMP:
+        shutil.rmtree(WORKER_TMP, ignore_errors=True)
 
 
 def free_port() -> int:

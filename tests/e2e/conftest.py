@@ -19,6 +19,7 @@ FAST = [
     "align_sft.max_steps=6", "align_sft.eval_steps=3", "align_sft.checkpoint.every_steps=3",
     "reason_sft.max_steps=4", "reason_sft.eval_steps=2", "reason_sft.checkpoint.every_steps=2",
     "grpo.max_steps=2", "grpo.max_prompts=16", "grpo.checkpoint.every_steps=1",
+    "align_sft.validation.max_samples=32", "reason_sft.validation.max_samples=16", "grpo.validation.max_samples=16",
     "evaluate.max_examples=8", "evaluate.max_reasoning_tokens=16", "evaluate.bootstrap_samples=200",
     "baselines.sasrec.epochs=3", "baselines.sasrec_ce.epochs=2", "recommend.max_users=8",
 ]
