@@ -24,7 +24,6 @@ and MLflow's request parsing.
 from __future__ import annotations
 
 import json
-import os
 import random
 import statistics
 import subprocess
@@ -40,7 +39,7 @@ import pandas as pd
 
 from components.common import artifacts, storage
 from components.common.config import parse_section
-from components.common.processes import environ_snapshot
+from components.common.processes import interpreter_environ
 from components.common.serving import ServedCatalog, current_histories, save_servable, trained_history_length
 from components.common.serving_config import ServingSettings
 from components.common.training import backbone
@@ -123,8 +122,7 @@ def over_http(url: str, histories: list[list[str]], params: dict) -> float:
 
 def serve(path: Path, log: Path) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    env = {**environ_snapshot(), "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ["PATH"]]),
-           "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
+    env = {**interpreter_environ(), "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
     proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", str(path), "--env-manager",
                              "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                             stdout=log.open("wb"), stderr=subprocess.STDOUT, start_new_session=True, env=env)

@@ -31,7 +31,7 @@ import yaml
 from components.common.config import ConfigError
 from components.common.errors import ExpectedError
 from components.common.logs import setup_logging
-from components.common.processes import environ_snapshot
+from components.common.processes import interpreter_environ
 from pipeline.config import STAGES, RunConfig, load_config
 
 log = logging.getLogger("sidreasoner")
@@ -207,9 +207,7 @@ def serve_command(args: argparse.Namespace) -> tuple[str, list[str], dict[str, s
             raise ConfigError(f"--serving {item!r}: expected KEY=VALUE with KEY one of "
                               f"{sorted(ServingSettings.model_fields)}")
         overrides[key] = parse_value(raw)
-    env = {**environ_snapshot(), "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-           # the scoring server is started as `uvicorn`: the one installed beside this interpreter
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {**interpreter_environ(), "LITELLM_LOCAL_MODEL_COST_MAP": "True"}
     if tracking:
         env["MLFLOW_TRACKING_URI"] = tracking
     if overrides:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
+from pathlib import Path
 
 
 def environ_snapshot() -> dict[str, str]:
@@ -17,6 +19,15 @@ def environ_snapshot() -> dict[str, str]:
     telemetry client unsets ``_MLFLOW_TELEMETRY_SESSION_ID`` from a background thread once its
     config fetch ends (offline: fails), which crashed a GRPO stage while it redacted its params."""
     return {name: value for name in list(os.environ) if (value := os.environ.get(name)) is not None}
+
+
+def interpreter_environ() -> dict[str, str]:
+    """:func:`environ_snapshot` with this interpreter's bin folder first on ``PATH``, for a child
+    that starts console scripts which must be the ones installed beside this interpreter
+    (``mlflow models serve`` starts its scoring server as ``uvicorn``)."""
+    env = environ_snapshot()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
 
 
 def stop_process_group(proc: subprocess.Popen, grace_s: float) -> None:

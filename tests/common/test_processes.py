@@ -12,7 +12,7 @@ from collections.abc import MutableMapping
 import pytest
 
 from components.common.logs import redact
-from components.common.processes import environ_snapshot, stop_process_group
+from components.common.processes import environ_snapshot, interpreter_environ, stop_process_group
 
 
 def test_a_process_group_is_terminated_and_a_stubborn_one_killed():
@@ -59,3 +59,9 @@ def test_the_environment_snapshot_skips_a_variable_unset_while_it_is_read(monkey
     monkeypatch.setattr(os, "environ", environ)
     assert environ_snapshot() == {"PATH": "/bin", "TEACHER_API_KEY": "sk-secret-value"}
     assert redact("key sk-secret-value") == "key ***"  # redaction reads the environment on every log line
+
+
+def test_the_interpreter_environment_puts_this_interpreters_scripts_first(monkeypatch):
+    monkeypatch.setattr(os, "environ", _UnsetWhileListed(PATH="/bin", HOME="/root"))
+    env = interpreter_environ()
+    assert env == {"PATH": os.pathsep.join([os.path.dirname(sys.executable), "/bin"]), "HOME": "/root"}
