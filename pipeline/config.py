@@ -175,7 +175,7 @@ class _RunConfig(Section):
 
 RunConfig = create_model(
     "RunConfig", __base__=_RunConfig, __doc__=_RunConfig.__doc__,
-    run=(RunSection, Field(default_factory=RunSection, description="identity and seed of the run")),
+    run=(RunSection, Field(default_factory=RunSection, description="identity, seed and CPU kernels of the run")),
     **{stage.config_key: _section_field(stage.config, stage.description) for stage in DECLARATIONS.values()},
     resources=(Resources, Field(default_factory=Resources, description=Resources.__doc__)),
     images=(ImagesConfig, Field(default_factory=ImagesConfig, description=ImagesConfig.__doc__)),

@@ -60,6 +60,7 @@ def stage_context(cfg: RunConfig, profile: str, tracking_uri: str, artifact_loca
         git_commit=git_commit(), images={s: cfg.images.for_stage(s) for s in cfg.dag_stages()},
         tracking_uri=tracking_uri, experiment=cfg.tracking.experiment,
         artifact_location=artifact_location, cache_uri=cfg.storage.cache_uri, seed=cfg.run.seed,
+        cpu_kernels=cfg.run.cpu_kernels,
         final_stage=cfg.dag_stages()[-1], gcs_retry_deadline_s=cfg.storage.gcs_retry_deadline_s,
         gcs_timeout_s=cfg.storage.gcs_timeout_s,
     )

@@ -34,6 +34,7 @@ from components.common.errors import ExpectedError
 __all__ = [
     "ConfigError",
     "Section",
+    "CpuKernels",
     "RunSection",
     "ResourceSpec",
     "Toleration",
@@ -85,13 +86,20 @@ class Section(BaseModel):
     )
 
 
+CpuKernels = Literal["native", "reproducible"]
+
+
 class RunSection(Section):
-    """Identity and seed of a run."""
+    """Identity, seed and CPU kernels of a run."""
 
     name: str = Field("sidreasoner", pattern=r"^[a-z0-9][a-z0-9-]{0,62}$")
     """Run/pipeline name: lowercase letters, digits and dashes (a Kubernetes-safe name)."""
     seed: int = 42
     """Seed for every random choice of every stage."""
+    cpu_kernels: CpuKernels = "native"
+    """CPU kernels of every stage's torch: ``native``, the host's fastest; ``reproducible``, the
+    same bits from a seeded run on any x86-64 host with AVX2 and any thread count, ~20% slower
+    (components/common/cpu_kernels.py)."""
 
 
 class Toleration(Section):

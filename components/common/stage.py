@@ -68,12 +68,13 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from components.common import artifacts, hardware, lineage, publish, storage
+from components.common import artifacts, cpu_kernels, hardware, lineage, publish, storage
 from components.common.artifacts import ArtifactKind
 from components.common.config import (
     SHARED_SECTIONS,
     STAGE_SECTIONS,
     ConfigError,
+    CpuKernels,
     ImagesConfig,
     KubernetesConfig,
     ResourceSpec,
@@ -124,6 +125,8 @@ class StageContext(Section):
     cache_uri: str
     """Root of content-addressed caches shared across runs."""
     seed: int
+    cpu_kernels: CpuKernels = "native"
+    """``run.cpu_kernels``: put in force by :meth:`Stage.execute` before the stage's work."""
     final_stage: str
     """The DAG's last stage; it marks the MLflow parent run FINISHED."""
     artifact_uris: dict[str, str] = Field(default_factory=dict)
@@ -246,19 +249,21 @@ class Stage:
         unknown = sorted(set(inputs) - set(self.inputs)) + sorted(set(outputs) - set(self.outputs))
         if missing or unknown:
             raise ValueError(f"{self.name}: missing artifact(s) {missing}, unknown artifact(s) {unknown}")
+        kernels = cpu_kernels.apply(ctx.cpu_kernels)  # before anything loads torch
         storage.configure(ctx.gcs_retry_deadline_s, ctx.gcs_timeout_s)
         self.check_inputs(inputs)
         digests = {name: storage.digest(uri) for name, uri in inputs.items()}
         self.check_published(inputs, digests)
         durable = {name: path for name, path in outputs.items() if name not in inputs}
-        ctx = ctx.model_copy(update={"input_digests": digests, "artifact_uris": {**durable, **ctx.artifact_uris}})
+        ctx = ctx.model_copy(update={"input_digests": digests, "artifact_uris": {**durable, **ctx.artifact_uris},
+                                     "cpu_kernels": kernels})  # what ran: caches and checkpoints are keyed by it
         run = self.run_function()
         staged = publish.StagedOutputs(self.name, ctx.run_key, outputs)
         # a GPU stage first checks the node's driver, and records its GPUs and peak GPU memory
         with (hardware.gpu_stage() if self.image == "cuda" else contextlib.nullcontext()) as gpu, \
                 ctx.tracked(self.name) as tracker:
             tracker.log_params(cfg.model_dump(mode="json"))
-            tracker.set_tags({"sidreasoner.seed": str(ctx.seed)})
+            tracker.set_tags({"sidreasoner.seed": str(ctx.seed), "sidreasoner.cpu_kernels": ctx.cpu_kernels})
             for name, path in inputs.items():
                 tracker.log_dataset(name, ctx.uri_of(name, path), ctx.input_digests[name], context="input")
             log.info("%s: starting (run %s)", self.name, ctx.run_key)
@@ -409,7 +414,7 @@ def cli_context(profile: dict[str, Any], profile_name: str, stage: str, out: str
         run_key=f"cli-{stage}-{stamp}", pipeline_name=run.name, profile=profile_name,
         config_hash=cfg_hash, git_commit=git_commit(), tracking_uri=uri,
         experiment=tracking.experiment, artifact_location=artifact_location,
-        cache_uri=store.cache_uri, seed=run.seed, final_stage=stage,
+        cache_uri=store.cache_uri, seed=run.seed, cpu_kernels=run.cpu_kernels, final_stage=stage,
         gcs_retry_deadline_s=store.gcs_retry_deadline_s, gcs_timeout_s=store.gcs_timeout_s,
     )
 

@@ -6,7 +6,7 @@ its folder), ``text_digest`` (sha256 over the sorted (item_id, text) pairs) and
 ``encoder_settings`` (JSON: text fields, max_length, normalize, dtype).
 
 Cache: ``<storage.cache_uri>/embeddings/<key>.parquet`` where ``key`` hashes the encoder id,
-its settings and the text digest. An unchanged catalog embedded by an unchanged encoder is read
+its settings, the run's CPU kernels and the text digest. An unchanged catalog embedded by an unchanged encoder is read
 back instead of re-embedded; any change in text, fields, model files or settings is a miss.
 Cache files are written atomically, so a reader never sees a partial one.
 """
@@ -169,13 +169,17 @@ class Embeddings:
         return embeddings_table(self.item_ids, self.vectors, self.metadata)
 
 
-def embed_items(items: pd.DataFrame, cfg: EncoderConfig, cache_root: str | None, source: str = "items") -> Embeddings:
-    """Embeddings of every item (rows in ``items`` order), from the cache when possible."""
+def embed_items(items: pd.DataFrame, cfg: EncoderConfig, cache_root: str | None, source: str = "items",
+                cpu_kernels: str = "native") -> Embeddings:
+    """Embeddings of every item (rows in ``items`` order), from the cache when possible; the
+    cache is keyed by ``run.cpu_kernels`` too (a reproducible run never reads a native run's
+    vectors, which differ in their last bits)."""
     item_ids = items["item_id"].tolist()
     texts = item_texts(items, cfg.text_fields, source)
     enc_id, settings, digest = encoder_id(cfg), encoder_settings(cfg), text_digest(item_ids, texts)
     metadata = {"encoder_id": enc_id, "text_digest": digest, "encoder_settings": json.dumps(settings, sort_keys=True)}
-    cached = (storage.join(cache_root, "embeddings", f"{cache_key(enc_id, settings, digest)}.parquet")
+    key = cache_key(enc_id, {**settings, "cpu_kernels": cpu_kernels}, digest)
+    cached = (storage.join(cache_root, "embeddings", f"{key}.parquet")
               if cfg.use_cache and cache_root else None)
     if cached and storage.exists(cached):
         ids, vectors, meta = read_embeddings(cached)

@@ -148,7 +148,7 @@ def _quantize(cfg: SidQuantizeConfig, ctx: StageContext, items: pd.DataFrame, it
     seconds: dict[str, float] = {}
     item_ids = items["item_id"].tolist()
     start = time.perf_counter()
-    emb = embed_items(items, cfg.encoder, ctx.cache_uri, items_uri)
+    emb = embed_items(items, cfg.encoder, ctx.cache_uri, items_uri, ctx.cpu_kernels)
     seconds["embed"] = time.perf_counter() - start
     x = torch.from_numpy(emb.vectors).to(device)
 

@@ -1,6 +1,9 @@
 """The demo's results stay where the README reports them: `make demo`'s pipeline (the demo data
-and profile as committed, evaluated on valid and test) scores every model within a tolerance of
-the values pinned in pinned/demo_results.json (measured at the commit named there).
+and profile as committed, evaluated on valid and test, on the CPU kernels named in the pins)
+scores every model within a tolerance of the values pinned in pinned/demo_results.json (measured
+at the commit named there). The pins are of a run on reproducible kernels (`run.cpu_kernels`),
+which give the same bits on any x86-64 host with AVX2: a native run's numbers depend on the
+host's CPU (README, "Results on this machine").
 
 About 5 minutes on an idle 2-core machine, so `make test` skips it: run it with
 `make test-demo-results` (SIDREASONER_DEMO_RESULTS=1) after changing a CPU profile or a training
@@ -33,7 +36,8 @@ def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("demo-results")
     write_demo_data(str(root / "demo-data"))  # `sidreasoner demo-data`'s defaults, as `make demo`
     return run_demo(root / "run", root / "demo-data", [f"storage.cache_uri={root / 'cache'}",
-                    f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "evaluate.splits=[valid,test]"])
+                    f"tracking.uri=sqlite:///{root / 'mlflow.db'}", "evaluate.splits=[valid,test]",
+                    f"run.cpu_kernels={PINNED['cpu_kernels']}"])
 
 
 def test_every_model_scores_the_pinned_hr_and_ndcg_at_10_on_valid_and_test(run):

@@ -59,6 +59,8 @@ def test_bundled_minilm_with_a_gcs_cache(gcs_bucket, monkeypatch):
     with pytest.raises(AssertionError, match="the cache should have answered"):
         embed_items(items, EncoderConfig(max_length=16), cache)  # other settings, other key
     with pytest.raises(AssertionError, match="the cache should have answered"):
+        embed_items(items, cfg, cache, cpu_kernels="reproducible")  # other kernels' last bits, other key
+    with pytest.raises(AssertionError, match="the cache should have answered"):
         embed_items(items, EncoderConfig(use_cache=False), cache)
 
 

@@ -216,15 +216,20 @@ def test_checkpoints_of_another_job_are_refused(tmp_path):
 
 def test_checkpoint_location_and_fingerprint():
     settings = TrainerSettings()
-    base = checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=42, code="abc")
+
+    def fingerprint(section=settings, inputs=(("corpus", "sha256:1"),), seed=42, code="abc", kernels="native"):
+        return checkpoints.job_fingerprint(section, dict(inputs), seed=seed, code=code, cpu_kernels=kernels)
+
+    base = fingerprint()
     assert checkpoints.checkpoint_uri(settings, "gs://b/cache", "grpo", base) == f"gs://b/cache/checkpoints/grpo/{base[:16]}"
     configured = TrainerSettings(checkpoint={"uri": "gs://b/ckpt"})
     assert checkpoints.checkpoint_uri(configured, "gs://b/cache", "grpo", base) == "gs://b/ckpt"
-    assert base == checkpoints.job_fingerprint(TrainerSettings(), {"corpus": "sha256:1"}, seed=42, code="abc")
-    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:2"}, seed=42, code="abc")
-    assert base != checkpoints.job_fingerprint(TrainerSettings(learning_rate=1e-4), {"corpus": "sha256:1"}, 42, "abc")
-    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=7, code="abc")
-    assert base != checkpoints.job_fingerprint(settings, {"corpus": "sha256:1"}, seed=42, code="def")
+    assert base == fingerprint(section=TrainerSettings())
+    assert base != fingerprint(inputs=(("corpus", "sha256:2"),))
+    assert base != fingerprint(section=TrainerSettings(learning_rate=1e-4))
+    assert base != fingerprint(seed=7)
+    assert base != fingerprint(code="def")
+    assert base != fingerprint(kernels="reproducible")  # never resumes another numerics' checkpoint
 
 
 def test_the_cache_keeps_the_latest_jobs_of_a_stage(tmp_path):

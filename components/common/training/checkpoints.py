@@ -50,11 +50,12 @@ def checkpoint_uri(settings: TrainerSettings, cache_uri: str, stage: str, finger
     return settings.checkpoint.uri or storage.join(cache_uri, "checkpoints", stage, fingerprint[:16])
 
 
-def job_fingerprint(section: BaseModel, inputs: Mapping[str, str], seed: int, code: str) -> str:
+def job_fingerprint(section: BaseModel, inputs: Mapping[str, str], seed: int, code: str, cpu_kernels: str) -> str:
     """Digest of what a training job depends on: its config, its inputs' content digests, the
-    seed and the code version."""
+    seed, the code version and the CPU kernels (``run.cpu_kernels``: a reproducible run never
+    resumes or reuses a native run's model)."""
     payload = json.dumps({"config": section.model_dump(mode="json"), "inputs": dict(sorted(inputs.items())),
-                          "seed": seed, "code": code}, sort_keys=True)
+                          "seed": seed, "code": code, "cpu_kernels": cpu_kernels}, sort_keys=True)
     return storage.bytes_digest(payload.encode()).split(":", 1)[1]
 
 

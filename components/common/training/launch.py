@@ -242,7 +242,7 @@ def run_training(*, stage: str, cfg: TrainerSettings, ctx: Any, tracker: Any, ou
     ``ctx`` is the stage's StageContext, ``tracker`` its StageRun.
     """
     quiet_progress_bars()
-    fingerprint = checkpoints.job_fingerprint(cfg, input_digests, ctx.seed, ctx.git_commit)
+    fingerprint = checkpoints.job_fingerprint(cfg, input_digests, ctx.seed, ctx.git_commit, ctx.cpu_kernels)
     uri = checkpoints.checkpoint_uri(cfg, ctx.cache_uri, stage, fingerprint)
     checkpoints.claim(uri, fingerprint, stage)
     work = checkpoints.work_dir(cfg, stage, fingerprint)
