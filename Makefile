@@ -37,7 +37,7 @@ test: install
 	$(BIN)/python -m pytest -q -n $(TEST_WORKERS)
 
 # The demo's results against the values the README reports (tests/e2e/pinned/demo_results.json):
-# the whole demo pipeline, ~5 min on an idle machine; `make test` skips it.
+# the whole demo pipeline on the pins' reproducible CPU kernels, 5-8 min; `make test` skips it.
 test-demo-results: install
 	SIDREASONER_DEMO_RESULTS=1 $(BIN)/python -m pytest -q tests/e2e/test_demo_results.py
 

@@ -98,8 +98,8 @@ class RunSection(Section):
     """Seed for every random choice of every stage."""
     cpu_kernels: CpuKernels = "native"
     """CPU kernels of every stage's torch: ``native``, the host's fastest; ``reproducible``, the
-    same bits from a seeded run on any x86-64 host with AVX2 and any thread count, ~20% slower
-    (components/common/cpu_kernels.py)."""
+    same bits from a seeded run on any x86-64 CPU with AVX2 and any number of cores (two threads),
+    the demo's alignment ~10% slower (components/common/cpu_kernels.py)."""
 
 
 class Toleration(Section):

@@ -5,7 +5,7 @@ at the commit named there). The pins are of a run on reproducible kernels (`run.
 which give the same bits on any x86-64 host with AVX2: a native run's numbers depend on the
 host's CPU (README, "Results on this machine").
 
-About 5 minutes on an idle 2-core machine, so `make test` skips it: run it with
+5 to 8 minutes on an idle 2-core machine, by the host, so `make test` skips it: run it with
 `make test-demo-results` (SIDREASONER_DEMO_RESULTS=1) after changing a CPU profile or a training
 recipe, and re-pin from a run you report when a change is meant to move the numbers."""
 
@@ -27,7 +27,7 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(1800),
     pytest.mark.skipif(os.environ.get("SIDREASONER_DEMO_RESULTS") != "1",
-                       reason="the whole demo (~5 min): make test-demo-results"),
+                       reason="the whole demo (5-8 min): make test-demo-results"),
 ]
 
 
