@@ -71,8 +71,7 @@ def apply(mode: CpuKernels) -> CpuKernels:
         return mode
     # torch is loaded: the pin holds only if the environment had it before torch started
     differing = {name: os.environ.get(name) for name, value in PINNED_ENV.items() if os.environ.get(name) != value}
-    import torch
-
+    torch = sys.modules["torch"]  # loaded by then; no import here: stages without torch share this module
     capability, threads = torch.backends.cpu.get_cpu_capability(), torch.get_num_threads()
     if differing or capability != "AVX2" or threads != THREADS:
         raise ConfigError(

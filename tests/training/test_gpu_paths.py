@@ -410,8 +410,10 @@ def test_the_smoke_run_trains_grpo_again_with_the_other_reward_mode(tmp_path, sy
     from pipeline.config import load_config
 
     reasoning_model = build_sid_model(tmp_path / "reason_sft", (2, 4, 2), seed=1)  # the synthetic SID space
+    # the demo profile's settings, in this process, which has loaded torch: native kernels (as smoke-gpu's)
     cfg, _ = load_config("demo", ["grpo.max_steps=1", "grpo.rollout_batch_size=16", "grpo.max_prompts=8",
-                                  "grpo.rollout.max_completion_length=24", f"storage.cache_uri={tmp_path / 'cache'}"])
+                                  "grpo.rollout.max_completion_length=24", f"storage.cache_uri={tmp_path / 'cache'}",
+                                  "run.cpu_kernels=native"])
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
     (tmp_path / "run.json").write_text(json.dumps({
         "stages": {"ingest": {"samples": {"uri": synthetic["samples"]}},
