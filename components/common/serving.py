@@ -316,8 +316,10 @@ def response_rows(user_ids: Iterable[str | None], decoded: Iterable[Any], catalo
 # ----------------------------------------------------------------------------------------------
 
 
-def load_decoder(model_dir: str, catalog: ServedCatalog, settings: ServingSettings, trie: Any, workdir: Path) -> Any:
-    """The shared decoder of ``settings.engine`` over the catalog's SIDs, constrained by ``trie``."""
+def load_decoder(model_dir: str, catalog: ServedCatalog, settings: ServingSettings, trie: Any,
+                 workdir: Path | None) -> Any:
+    """The shared decoder of ``settings.engine`` over the catalog's SIDs, constrained by ``trie``
+    (``workdir``: the vLLM engine's scratch folder; transformers needs none)."""
     from components.common.decoding import TransformersDecoder, VllmDecoder, resolve_device
 
     if settings.engine == "vllm":  # one engine for every request: sized for the widest beam
@@ -343,9 +345,11 @@ class SidRecommender(_mlflow().pyfunc.PythonModel):
         if sorted(trie.labels) != sorted(self.catalog.sids):
             raise ValueError(f"trie {context.artifacts['trie']} holds {trie.num_sequences} SIDs that are not the "
                              f"catalog's {len(self.catalog.sids)} live SIDs: the artifacts are not of one model")
-        self._workdir = tempfile.TemporaryDirectory(prefix="sidreasoner-serving-")
+        # only vLLM writes scratch files; a folder for transformers would outlive a killed server
+        self._workdir = (tempfile.TemporaryDirectory(prefix="sidreasoner-serving-")
+                         if self.settings.engine == "vllm" else None)
         self.decoder = load_decoder(context.artifacts["model"], self.catalog, self.settings, trie,
-                                    Path(self._workdir.name))
+                                    Path(self._workdir.name) if self._workdir else None)
         self._lock = threading.Lock()
         log.info("serving: %d live items (%d SIDs), engine %s, default k %d, mode %s", self.catalog.live_items,
                  len(self.catalog.sids), self.settings.engine, self.settings.default_k, self.settings.default_mode)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
@@ -50,6 +51,8 @@ def test_engine_vllm_serves_what_transformers_serves(fake_vllm, servable, served
     assert engine.kwargs["model"].endswith("artifacts/model")  # the logged weights
     served_trie = SidTrie.load(servable / "artifacts" / "sid_trie.pt")
     assert model.unwrap_python_model().decoder.trie.labels == served_trie.labels  # the artifact constrains it
+    # only vLLM gets a scratch folder: one for transformers would outlive a killed server
+    assert Path(model.unwrap_python_model()._workdir.name).is_dir() and served.unwrap_python_model()._workdir is None
     samples = artifacts.read_samples(eval_inputs.samples).split("test")[-3:]
     frame = pd.DataFrame({"history": [list(s.history) for s in samples]})
     for params in ({"k": 5, "beam_width": 8}, {"k": 3, "beam_width": 4, "mode": "thinking",
