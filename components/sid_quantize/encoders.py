@@ -6,8 +6,9 @@ its folder), ``text_digest`` (sha256 over the sorted (item_id, text) pairs) and
 ``encoder_settings`` (JSON: text fields, max_length, normalize, dtype).
 
 Cache: ``<storage.cache_uri>/embeddings/<key>.parquet`` where ``key`` hashes the encoder id,
-its settings, the run's CPU kernels and the text digest. An unchanged catalog embedded by an unchanged encoder is read
-back instead of re-embedded; any change in text, fields, model files or settings is a miss.
+its settings, the run's CPU kernels and the text digest. An unchanged catalog embedded by an
+unchanged encoder is read back instead of re-embedded; any change in text, fields, model files,
+settings or kernels is a miss.
 Cache files are written atomically, so a reader never sees a partial one.
 """
 
