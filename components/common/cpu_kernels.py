@@ -61,7 +61,7 @@ def apply(mode: CpuKernels) -> CpuKernels:
     returns the kernels in force, which the stage records."""
     if mode == "native":
         return mode
-    if platform.machine().lower() not in ("x86_64", "amd64") or not _has_avx2():
+    if not pinnable():
         # the demo's default, so a laptop without these code paths (an ARM Mac) still runs it
         log.warning("run.cpu_kernels: reproducible pins the x86-64 AVX2 code paths, which this CPU (%s) lacks; "
                     "running on native kernels: numbers may differ from a reproducible run's", platform.machine())
@@ -80,6 +80,11 @@ def apply(mode: CpuKernels) -> CpuKernels:
             f"ATen kernels {capability}, {threads} threads): start the process with "
             f"{' '.join(f'{k}={v}' for k, v in PINNED_ENV.items())}, or use run.cpu_kernels=native")
     return mode
+
+
+def pinnable() -> bool:
+    """Whether this CPU has the code paths ``reproducible`` pins (x86-64 with AVX2)."""
+    return platform.machine().lower() in ("x86_64", "amd64") and _has_avx2()
 
 
 def _has_avx2() -> bool:

@@ -44,14 +44,19 @@ digest = hashlib.sha256(b"".join(p.detach().numpy().tobytes() for p in params)).
 print(torch.backends.cpu.get_cpu_capability(), digest)
 """
 
+
+def unpinned_environ() -> dict[str, str]:
+    """This process's environment without the pin, as a fresh shell's."""
+    return {k: v for k, v in os.environ.items() if k not in cpu_kernels.PINNED_ENV}
+
+
 def train(mode: str, other_host: bool = False, **env: str) -> tuple[str, str]:
     """(ATen's kernels, digest of the weights) of TRAIN in a fresh process; ``other_host``: as on
     a one-core CPU without AVX-512 (MKL told to dispatch as there, the process held to one core)."""
-    clean = {k: v for k, v in os.environ.items() if k not in cpu_kernels.PINNED_ENV}
     if other_host:
         env = {"MKL_ENABLE_INSTRUCTIONS": "AVX2", **env}
     done = subprocess.run([sys.executable, "-c", TRAIN, mode, "one-core" if other_host else "all-cores"], cwd=REPO,
-                          env={**clean, **env}, capture_output=True, text=True, timeout=300)
+                          env={**unpinned_environ(), **env}, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     capability, digest = done.stdout.split()
     return capability, digest
@@ -63,8 +68,8 @@ def host_capability() -> str:
     return torch.backends.cpu.get_cpu_capability()
 
 
-X86 = pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64") or not hasattr(os, "sched_setaffinity"),
-                         reason="pins x86-64 code paths; one core by Linux's CPU affinity")
+X86 = pytest.mark.skipif(not cpu_kernels.pinnable() or not hasattr(os, "sched_setaffinity"),
+                         reason="pins x86-64 AVX2 code paths; one core by Linux's CPU affinity")
 
 
 @X86
@@ -141,9 +146,8 @@ def test_a_stage_puts_the_run_kernels_in_force_before_its_work(tmp_path):
                            tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}", experiment="kernels",
                            cache_uri=str(tmp_path / "cache"), seed=1, cpu_kernels=mode, final_stage="toy")
         out = tmp_path / mode / "stats.json"
-        clean = {k: v for k, v in os.environ.items() if k not in cpu_kernels.PINNED_ENV}
         done = subprocess.run([sys.executable, "-c", STAGE_RUN, ctx.model_dump_json(), str(out)], cwd=REPO,
-                              env=clean, capture_output=True, text=True, timeout=300)
+                              env=unpinned_environ(), capture_output=True, text=True, timeout=300)
         assert done.returncode == 0, done.stderr
         reports[mode] = json.loads(out.read_text())
     assert reports["reproducible"] == {"capability": "AVX2", "threads": cpu_kernels.THREADS, "child": "AVX2",
