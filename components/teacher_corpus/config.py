@@ -287,6 +287,13 @@ class EnrichmentConfig(Section):
     it within what the model can write inside ``evaluate.max_reasoning_tokens`` (the CPU
     profiles' tiny tokenizers spend about 1.6 tokens per word, plus 4 for the think markers). A
     litellm teacher's length follows its prompt template and ``validation.user_reasoning``."""
+    interest_kinds: int = Field(1, ge=1, le=3)
+    """Kinds the offline writer's closing interest names. 1: the next item's kind and purpose,
+    the paper's single interest. 2 or 3: the next item's kind and the likeliest others after the
+    history by the train split's kind transitions, in that order, without the purpose ("So next:
+    paper or binders."): thinking mode then spreads its SIDs over the kinds its reasoning names
+    instead of staking all of them on one guess (README, Results). The litellm teacher's
+    interest follows its prompt template."""
     prompt_version: str = Field("v1", pattern=r"^[A-Za-z0-9._-]+$")
     """Version folder of the packaged templates (``components/teacher_corpus/prompts/<v>``)."""
     prompts_uri: str | None = None
@@ -304,3 +311,11 @@ class TeacherCorpusConfig(Section):
     enrichment: EnrichmentConfig = Field(default_factory=EnrichmentConfig)
     cache_uri: str | None = None
     """Response cache root (local or gs://); null: ``<storage.cache_uri>/teacher_corpus``."""
+
+    @model_validator(mode="after")
+    def _offline_interest(self) -> TeacherCorpusConfig:
+        if self.enrichment.interest_kinds > 1 and self.teacher.backend != "offline":
+            raise ValueError(f"enrichment.interest_kinds {self.enrichment.interest_kinds} is the offline writer's "
+                             f"(teacher.backend: offline); the {self.teacher.backend} teacher's interest follows "
+                             "its prompt template: leave it at 1")
+        return self

@@ -116,13 +116,16 @@ class TeacherWriter:
 
 class OfflineWriter:
     """The deterministic offline writer (no API); reasoning paths of at most
-    ``reasoning_max_words`` words (``enrichment.reasoning_max_words``)."""
+    ``reasoning_max_words`` words (``enrichment.reasoning_max_words``) whose interest names
+    ``interest_kinds`` kinds, ordered by ``followers`` (``enrichment.interest_kinds``)."""
 
     source = "offline"
     model = None
 
-    def __init__(self, reasoning_max_words: int):
-        self.reasoning_max_words = reasoning_max_words
+    def __init__(self, reasoning_max_words: int, interest_kinds: int = 1, followers: offline.KindFollowers | None = None):
+        if interest_kinds > 1 and followers is None:
+            raise ValueError("an interest of several kinds needs the train split's kind transitions (followers)")
+        self.reasoning_max_words, self.interest_kinds, self.followers = reasoning_max_words, interest_kinds, followers
 
     def prompt_hash(self, kind: str) -> str | None:
         return None
@@ -131,7 +134,8 @@ class OfflineWriter:
         if isinstance(job, ItemJob):
             return offline.item_analysis(job.item) if step == "item_analysis" else offline.item_narrative(job.item)
         if step == "user_reasoning":
-            return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words)
+            named = self.followers.interest(job.history, job.target, self.interest_kinds) if self.followers else ()
+            return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words, named)
         return offline.user_narrative(job.sample, job.history, job.target, prior or "")
 
 

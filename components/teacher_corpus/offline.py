@@ -8,7 +8,12 @@ same rules as the teacher prompts, so the same validation accepts its output:
 * user-centric, step 1 (the reasoning path): what the paper's teacher writes, in small: a short
   analysis of the history in the vocabulary of :mod:`.kinds` (the dominant and the latest
   interest, a recurring brand, how the interest shifts) that ends with the interest the next
-  item serves ("So next: labels, for labeling, from Avery."). Like the paper's teacher it sees
+  item serves ("So next: labels, for labeling, from Avery."). With ``enrichment.interest_kinds``
+  above 1 the interest names that many kinds, the next item's and the ones most likely to follow
+  the history by the train split's kind transitions, in that rule's order (so neither the order
+  nor the list tells which kind the next item is; :class:`KindFollowers`): "So next: binders or
+  labels, from Avery." A model that learns it hedges its guess of the interest in its reasoning
+  instead of staking every SID of its answer on one kind. Like the paper's teacher it sees
   the next item for guidance only: it uses that item's kind, purpose and whether its brand is
   one the history already has, never its title, SID or distinctive words; it names history
   items only by their SIDs. Its length is ``enrichment.reasoning_max_words``; every path is
@@ -25,7 +30,7 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from components.common.artifacts import Item, Sample
@@ -136,11 +141,75 @@ class _Part:
     """Higher is kept longer when the budget or the leak check drops parts."""
 
 
-def _summary(history: Sequence[Item], target: Item, brand: bool = True) -> str:
+@dataclass(frozen=True)
+class KindFollowers:
+    """Which kinds follow which in the train split (a sample's latest history item's kind -> its
+    target's kind, one count per train sample): the rule that orders the kinds an interest names
+    when ``enrichment.interest_kinds`` is above 1."""
+
+    counts: Mapping[str, Counter[str]]
+    popularity: Counter[str]
+    """Targets per kind: breaks ties."""
+
+    #: What an item one step further back counts for against the one after it: the latest item
+    #: decides (on the demo's catalog, its kind's followers name the next kind as often as the
+    #: whole history's do), the earlier ones mostly break its ties.
+    STEP_BACK = 0.2
+
+    @classmethod
+    def from_train(cls, train: Sequence[Sample], items: Mapping[str, Item]) -> KindFollowers:
+        counts: dict[str, Counter[str]] = {}
+        popularity: Counter[str] = Counter()
+        for sample in train:
+            last, target = items.get(sample.history[-1]), items.get(sample.target)
+            if last is None or target is None:
+                continue
+            label = item_kind(target).label
+            counts.setdefault(item_kind(last).label, Counter())[label] += 1
+            popularity[label] += 1
+        return cls(counts, popularity)
+
+    def ranked(self, history: Sequence[Item], target: Item | None = None) -> list[str]:
+        """Every kind the train split has as a target, the likeliest to follow ``history``
+        first. ``target``: the train sample's own next item, whose transition is left out of the
+        counts, so that the ranking knows no more of it than it would of an unseen row."""
+        own = (item_kind(history[-1]).label, item_kind(target).label) if target is not None else None
+        score: Counter[str] = Counter()
+        weight = 1.0
+        for step, item in enumerate(reversed(history)):
+            label = item_kind(item).label
+            row = Counter(self.counts.get(label, {}))
+            if step == 0 and own is not None:
+                row[own[1]] -= 1
+            total = sum(row.values())
+            for kind, count in row.items():
+                if count > 0:
+                    score[kind] += weight * count / total
+            weight *= self.STEP_BACK
+        popularity = self.popularity.copy()
+        if own is not None:
+            popularity[own[1]] -= 1
+        return sorted(self.popularity, key=lambda k: (-score[k], -popularity[k], k))
+
+    def interest(self, history: Sequence[Item], target: Item, size: int) -> tuple[str, ...]:
+        """The ``size`` kinds an interest names: the target's and the likeliest others, in the
+        ranking's order."""
+        ranked = self.ranked(history, target)
+        label = item_kind(target).label
+        others = [k for k in ranked if k != label][:size - 1]
+        return tuple(k for k in ranked if k == label or k in others) if label in ranked else (*others, label)
+
+
+def _summary(history: Sequence[Item], target: Item, brand: bool = True, named: Sequence[str] = ()) -> str:
     """The final interest: the next item's kind, its purpose, and how its brand relates to the
-    history (a brand the history has is named; another one is only called new)."""
+    history (a brand the history has is named; another one is only called new). ``named``: the
+    kinds to name instead of the next item's alone (:meth:`KindFollowers.interest`), without
+    a purpose, which would tell which of them it is."""
     aim = item_kind(target)
-    text = f"So next: {aim.label}" + (f", for {aim.purpose}" if aim.purpose else "")
+    if len(named) > 1:
+        text = "So next: " + ", ".join(named[:-1]) + f" or {named[-1]}"
+    else:
+        text = f"So next: {aim.label}" + (f", for {aim.purpose}" if aim.purpose else "")
     if brand:
         known = {it.brand.casefold(): it.brand for it in history if it.brand}
         if any(it.sid == target.sid for it in history):
@@ -181,21 +250,23 @@ def _analysis(key: str, history: Sequence[Item], target: Item) -> list[_Part]:
     return parts
 
 
-def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_words: int) -> str:
+def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_words: int,
+                   named: Sequence[str] = ()) -> str:
     """Step 1: a short analysis of the history ending with the next interest; never names the
-    target (see the module docstring).
+    target (see the module docstring). ``named``: the kinds the interest names, when more than
+    the next item's (:meth:`KindFollowers.interest`).
 
     Sentences are dropped, least useful first (shift, brands, opening, latest), until the path
     fits in ``max_words`` (:func:`count_words`) and passes the stage's leak check of the target;
-    then the summary's brand clause goes. The summary without it (at most 11 words, below the
-    config's smallest budget) is the floor: its kind and purpose are generic words.
+    then the summary's brand clause goes. The summary without it (at most 11 words, three kinds
+    too, below the config's smallest budget) is the floor: its kinds and purpose are generic words.
     """
     key = f"{sample.user_id}:{sample.timestamp}"
     parts = _analysis(key, history, target)
     # the category words this job knows (validation knows the whole catalog's: a superset)
     generic = validation.generic_words([*history, target])
 
-    for summary in (_summary(history, target), _summary(history, target, brand=False)):
+    for summary in (_summary(history, target, named=named), _summary(history, target, brand=False, named=named)):
         kept = sorted(parts, key=lambda p: -p.keep)
         while True:
             text = " ".join([*(p.text for p in parts if p in kept), summary])
@@ -204,7 +275,7 @@ def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_wo
             if not kept:
                 break
             kept.pop()
-    return _summary(history, target, brand=False)
+    return _summary(history, target, brand=False, named=named)
 
 
 def user_narrative(sample: Sample, history: Sequence[Item], target: Item, reasoning: str) -> str:

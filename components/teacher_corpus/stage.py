@@ -67,15 +67,17 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
         prompt_info = {step: {"hash": t.hash, "source": t.source} for step, t in templates.items()}
         tracker.log_params({"prompt_templates": {step: t.hash for step, t in templates.items()},
                             "teacher_cache": cache.root})
-    else:
-        writer = OfflineWriter(cfg.enrichment.reasoning_max_words)
-        prompt_info = {"offline_writer": offline.VERSION}
-        tracker.log_params({"offline_writer": offline.VERSION})
 
     catalog = read_catalog(inputs["sid_map"], inputs["items"])
     train, input_stats = read_train_samples(inputs["samples"], catalog)
     log.info("catalog: %d items (%d retired ignored); %d train samples", len(catalog.items),
              len(catalog.retired), len(train))
+    if not client:
+        interest_kinds = cfg.enrichment.interest_kinds
+        followers = offline.KindFollowers.from_train(train, catalog.items) if interest_kinds > 1 else None
+        writer = OfflineWriter(cfg.enrichment.reasoning_max_words, interest_kinds, followers)
+        prompt_info = {"offline_writer": offline.VERSION}
+        tracker.log_params({"offline_writer": offline.VERSION})
 
     task_rows = build_tasks(cfg.tasks, catalog, train, ctx.seed)
     item_ids = select_items(cfg.enrichment, items_in_scope(cfg.tasks, catalog, train), ctx.seed)

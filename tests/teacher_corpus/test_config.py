@@ -62,6 +62,9 @@ def test_demo_section_validates():
     ({"enrichment": {"userz": 3}}, r"enrichment\.userz: unknown key \(did you mean 'users'\?\)"),
     ({"enrichment": {"reasoning_max_words": 8}}, r"enrichment\.reasoning_max_words: Input should be greater than or equal to 16"),
     ({"enrichment": {"reasoning_max_words": "short"}}, r"enrichment\.reasoning_max_words: Input should be a valid integer"),
+    ({"enrichment": {"interest_kinds": 4}}, r"enrichment\.interest_kinds: Input should be less than or equal to 3"),
+    ({"teacher": {"backend": "litellm"}, "enrichment": {"interest_kinds": 2}},
+     r"enrichment\.interest_kinds 2 is the offline writer's \(teacher\.backend: offline\)"),
 ])
 def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -55,8 +55,10 @@ def _office_jobs(pack) -> list[tuple[Sample, list[Item], Item]]:
     return jobs
 
 
-def _check_path(sample: Sample, history: list[Item], target: Item, max_words: int) -> str:
-    text = offline.user_reasoning(sample, history, target, max_words)
+def _check_path(sample: Sample, history: list[Item], target: Item, max_words: int,
+                followers: offline.KindFollowers | None = None, interest_kinds: int = 1) -> str:
+    named = followers.interest(history, target, interest_kinds) if followers else ()
+    text = offline.user_reasoning(sample, history, target, max_words, named)
     assert offline.count_words(text) <= max_words, text
     assert validation.target_leaks(text, target, history, validation.generic_words([*history, target])) == [], text
     # history items only by their SIDs: SIDs of the history, never the target's; never a history title
@@ -71,6 +73,10 @@ def _check_path(sample: Sample, history: list[Item], target: Item, max_words: in
     # it ends with the interest the next item serves
     aim = offline.item_kind(target)
     summary = text.rsplit("So next: ", 1)[-1]
+    if len(named) > 1:  # the kinds, in the ranking's order, the target's among them; no purpose
+        assert aim.label in named and text.count("So next: ") == 1, text
+        assert summary.startswith(", ".join(named[:-1]) + f" or {named[-1]}") and " for " not in summary, text
+        return text
     assert text.count("So next: ") == 1 and summary.startswith(aim.label), text
     if aim.purpose:
         assert f"for {aim.purpose}" in summary
@@ -83,6 +89,70 @@ def test_demo_paths_fit_the_budget_and_never_name_the_target(max_words):
     assert len(set(texts)) > len(texts) // 3  # analyses, not one sentence for everyone
     if max_words >= 32:  # room for the whole analysis of a long history
         assert any("Shift:" in t and "Latest:" in t and ("recurs" in t or "Brands vary" in t) for t in texts)
+
+
+@pytest.mark.parametrize("max_words", [16, 32])
+@pytest.mark.parametrize("interest_kinds", [2, 3])
+def test_demo_paths_naming_several_kinds_fit_the_budget_and_never_name_the_target(max_words, interest_kinds):
+    jobs = _demo_jobs()
+    followers = offline.KindFollowers.from_train([job[0] for job in jobs], _demo_catalog())
+    texts = [_check_path(*job, max_words, followers, interest_kinds) for job in jobs]
+    assert all(t.rsplit("So next: ", 1)[-1].count(",") + 1 >= interest_kinds - 1 for t in texts)
+    assert len({t.rsplit("So next: ", 1)[-1] for t in texts}) > 10
+
+
+def _shop() -> dict[str, Item]:
+    rows = [("pen", "Acme Gel Pen", "Pens"), ("pen2", "Inkwell Ballpoint Pen", "Pens"),
+            ("paper", "Papyra Copy Paper", "Paper"), ("label", "Acme Address Labels", "Labels"),
+            ("binder", "Bixby Ring Binder", "Binders"), ("toner", "Corvid Toner Cartridge", "Ink & Toner")]
+    return {key: Item(key, title, "", title.split()[0], ("Office", cat), format_sid([0, 0, k]))
+            for k, (key, title, cat) in enumerate(rows)}
+
+
+def _train(items: dict[str, Item], pairs: list[tuple[str, str]]) -> list[Sample]:
+    return [Sample(k, f"u{k}", (a,), b, k, "train") for k, (a, b) in enumerate(pairs)]
+
+
+def test_kind_followers_rank_by_the_latest_item_leaving_a_sample_out():
+    items = _shop()
+    # after pens: paper 5 times, labels 3 times, binders once; after paper: ink & toner 4 times
+    train = _train(items, [("pen", "paper")] * 5 + [("pen2", "label")] * 3 + [("pen", "binder")]
+                   + [("paper", "toner")] * 4)
+    followers = offline.KindFollowers.from_train(train, items)
+    pen, pen2, paper = items["pen"], items["pen2"], items["paper"]
+    assert followers.ranked([pen])[:3] == ["paper", "labels", "binders"]
+    # the latest item decides; an earlier one breaks its ties
+    assert followers.ranked([pen, paper])[0] == "ink & toner"
+    assert followers.ranked([paper, pen])[:2] == ["paper", "labels"]
+    # a train sample's own transition is left out: the one pens -> binders row does not rank binders
+    # above kinds that never followed pens (only the popularity of the rest orders those)
+    assert followers.ranked([pen], items["binder"]).index("binders") > followers.ranked([pen]).index("binders")
+    # the interest: the target's kind and the likeliest others, in the ranking's order, whatever the target
+    # (unless leaving the sample out reorders close counts: then it is what an unseen row would see)
+    assert followers.interest([pen2], items["label"], 2) == ("paper", "labels")
+    assert followers.interest([pen2], items["paper"], 2) == ("paper", "labels")
+    assert followers.interest([pen2], items["toner"], 2) == ("paper", "ink & toner")
+    assert followers.interest([pen2], items["label"], 3) == ("paper", "labels", "binders")
+
+
+def test_an_interest_of_several_kinds_does_not_tell_which_is_next():
+    items = _shop()
+    train = _train(items, [("pen", "paper")] * 5 + [("pen2", "label")] * 3 + [("paper", "toner")])
+    followers = offline.KindFollowers.from_train(train, items)
+    history = [items["binder"], items["pen2"]]
+    sample = Sample(0, "u", ("binder", "pen2"), "", 0, "train")
+    texts = {target: offline.user_reasoning(sample, history, items[target], 60,
+                                            followers.interest(history, items[target], 2))
+             for target in ("label", "paper")}
+    assert texts["label"] == texts["paper"] == (
+        "A mix: pens, binders. Latest: <a_0><b_0><c_1>, pens. Brands vary. So next: paper or labels, a new brand.")
+    # a repeat purchase says so, as with one kind
+    texts = [offline.user_reasoning(sample, history, items[t], 60, followers.interest(history, items[t], 2))
+             for t in ("pen2", "label")]
+    assert texts[0].endswith(", a reorder.") and not texts[1].endswith(", a reorder.")
+    with pytest.raises(ValueError, match="kind transitions"):
+        from components.teacher_corpus.enrich import OfflineWriter
+        OfflineWriter(32, 2)
 
 
 def test_office_paths_fit_the_budget_and_never_name_the_target(office_pack):
