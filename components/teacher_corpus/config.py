@@ -292,7 +292,8 @@ class EnrichmentConfig(Section):
     the paper's single interest. 2 or 3: the next item's kind and the likeliest others after the
     history by the train split's kind transitions, in that order, without the purpose ("So next:
     paper or binders."): thinking mode then spreads its SIDs over the kinds its reasoning names
-    instead of staking all of them on one guess (README, Results). The litellm teacher's
+    instead of staking all of them on one guess (README, Results). The user narratives, which end
+    with the next item's SID, keep the path that names its kind alone. The litellm teacher's
     interest follows its prompt template."""
     prompt_version: str = Field("v1", pattern=r"^[A-Za-z0-9._-]+$")
     """Version folder of the packaged templates (``components/teacher_corpus/prompts/<v>``)."""

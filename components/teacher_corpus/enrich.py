@@ -136,6 +136,10 @@ class OfflineWriter:
         if step == "user_reasoning":
             named = self.followers.interest(job.history, job.target, self.interest_kinds) if self.followers else ()
             return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words, named)
+        if self.interest_kinds > 1:
+            # the narrative is told in hindsight (it ends with the next item's SID), so it restates the
+            # path that names the kind bought; the path that hedges is what the model learns to think
+            prior = offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words)
         return offline.user_narrative(job.sample, job.history, job.target, prior or "")
 
 

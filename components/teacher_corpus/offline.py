@@ -13,7 +13,8 @@ same rules as the teacher prompts, so the same validation accepts its output:
   the history by the train split's kind transitions, in that rule's order (so neither the order
   nor the list tells which kind the next item is; :class:`KindFollowers`): "So next: binders or
   labels, from Avery." A model that learns it hedges its guess of the interest in its reasoning
-  instead of staking every SID of its answer on one kind. Like the paper's teacher it sees
+  instead of staking every SID of its answer on one kind (the narrative of step 2, told in
+  hindsight, keeps the path that names the kind bought). Like the paper's teacher it sees
   the next item for guidance only: it uses that item's kind, purpose and whether its brand is
   one the history already has, never its title, SID or distinctive words; it names history
   items only by their SIDs. Its length is ``enrichment.reasoning_max_words``; every path is

@@ -5,6 +5,7 @@ target (SID, title or distinctive words), on the demo catalog and on the real Of
 from __future__ import annotations
 
 import ast
+import asyncio
 import csv
 import json
 import random
@@ -17,6 +18,7 @@ from components.common.artifacts import Item, Sample
 from components.common.sid import TOKEN_RE, find_sids, format_sid
 from components.ingest.demo_data import make_items
 from components.teacher_corpus import kinds, offline, validation
+from components.teacher_corpus.enrich import OfflineWriter, UserJob
 
 
 def _demo_catalog() -> dict[str, Item]:
@@ -151,8 +153,23 @@ def test_an_interest_of_several_kinds_does_not_tell_which_is_next():
              for t in ("pen2", "label")]
     assert texts[0].endswith(", a reorder.") and not texts[1].endswith(", a reorder.")
     with pytest.raises(ValueError, match="kind transitions"):
-        from components.teacher_corpus.enrich import OfflineWriter
         OfflineWriter(32, 2)
+
+
+def test_the_narrative_names_the_kind_bought_while_the_reasoning_hedges():
+    items = _shop()
+    followers = offline.KindFollowers.from_train(_train(items, [("pen", "paper")] * 5 + [("pen2", "label")] * 3), items)
+    job = UserJob(0, Sample(0, "u", ("binder", "pen2"), "label", 0, "train"), (items["binder"], items["pen2"]),
+                  items["label"])
+    writer = OfflineWriter(60, 2, followers)
+    reasoning = asyncio.run(writer.write("user_reasoning", job, None, 0))
+    narrative = asyncio.run(writer.write("user_narrative", job, reasoning, 0))
+    assert reasoning.endswith("So next: paper or labels, a new brand.")
+    # told in hindsight: the narrative ends with the label's SID and restates the one-kind path
+    single = offline.user_reasoning(job.sample, job.history, job.target, 60)
+    assert single.endswith("So next: labels, for labeling, a new brand.")
+    assert narrative == offline.user_narrative(job.sample, job.history, job.target, single)
+    assert narrative == asyncio.run(OfflineWriter(60).write("user_narrative", job, single, 0))
 
 
 def test_office_paths_fit_the_budget_and_never_name_the_target(office_pack):
