@@ -122,7 +122,8 @@ class OfflineWriter:
     source = "offline"
     model = None
 
-    def __init__(self, reasoning_max_words: int, interest_kinds: int = 1, followers: offline.KindFollowers | None = None):
+    def __init__(self, reasoning_max_words: int, interest_kinds: int = 1,
+                 followers: offline.KindFollowers | None = None):
         if interest_kinds > 1 and followers is None:
             raise ValueError("an interest of several kinds needs the train split's kind transitions (followers)")
         self.reasoning_max_words, self.interest_kinds, self.followers = reasoning_max_words, interest_kinds, followers
