@@ -135,7 +135,8 @@ class OfflineWriter:
         if isinstance(job, ItemJob):
             return offline.item_analysis(job.item) if step == "item_analysis" else offline.item_narrative(job.item)
         if step == "user_reasoning":
-            named = self.followers.interest(job.history, job.target, self.interest_kinds) if self.followers else ()
+            named = (self.followers.interest(job.history, job.target, self.interest_kinds)
+                     if self.interest_kinds > 1 else ())
             return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words, named)
         if self.interest_kinds > 1:
             # the narrative is told in hindsight (it ends with the next item's SID), so it restates the

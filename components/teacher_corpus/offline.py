@@ -174,22 +174,18 @@ class KindFollowers:
         """Every kind the train split has as a target, the likeliest to follow ``history``
         first. ``target``: the train sample's own next item, whose transition is left out of the
         counts, so that the ranking knows no more of it than it would of an unseen row."""
-        own = (item_kind(history[-1]).label, item_kind(target).label) if target is not None else None
+        own = Counter([item_kind(target).label] if target is not None else [])
         score: Counter[str] = Counter()
         weight = 1.0
         for step, item in enumerate(reversed(history)):
-            label = item_kind(item).label
-            row = Counter(self.counts.get(label, {}))
-            if step == 0 and own is not None:
-                row[own[1]] -= 1
+            row = self.counts.get(item_kind(item).label, Counter())
+            if step == 0:  # the latest item's row is the one the sample's own transition is in
+                row = row - own
             total = sum(row.values())
             for kind, count in row.items():
-                if count > 0:
-                    score[kind] += weight * count / total
+                score[kind] += weight * count / total
             weight *= self.STEP_BACK
-        popularity = self.popularity.copy()
-        if own is not None:
-            popularity[own[1]] -= 1
+        popularity = self.popularity - own
         return sorted(self.popularity, key=lambda k: (-score[k], -popularity[k], k))
 
     def interest(self, history: Sequence[Item], target: Item, size: int) -> tuple[str, ...]:
