@@ -16,8 +16,9 @@ Here one group of ``num_generations`` completions per prompt is built as:
    then rank; ``beam_sid``, ``beam_rank`` and ``reasoning_closed`` go to the reward functions.
 
 Which tokens are trained (TRL's ``env_mask``): the sampled reasoning and the SID tokens the beam
-search chose. The closing and the final EOS are written by the rollout, not chosen by the
-model, so they are masked out of the loss.
+search chose, or the reasoning alone (``train_sid=False``, ``reward.train_sid``). The closing
+and the final EOS are written by the rollout, not chosen by the model, so they are masked out
+of the loss.
 
 Why ``beam_width`` may be below the group size: the beams of one reasoning share its tokens, so
 with a single reasoning per group (``beam_width == num_generations``, the MiniOneRec-style
@@ -219,8 +220,9 @@ class BeamRollout:
     """
 
     def __init__(self, tokenizer: Any, catalog_sids: Sequence[str], *, beam_width: int, max_completion_length: int,
-                 use_vllm: bool = False, workdir: str | Path | None = None):
+                 train_sid: bool = True, use_vllm: bool = False, workdir: str | Path | None = None):
         self.tokenizer = tokenizer
+        self.train_sid = train_sid
         self.trie = SidTrie.from_tokenizer(tokenizer, catalog_sids)
         if beam_width > self.trie.num_sequences:
             raise ValueError(f"beam_width {beam_width} is larger than the catalog ({self.trie.num_sequences} SIDs)")
@@ -244,8 +246,9 @@ class BeamRollout:
             folder.mkdir(parents=True, exist_ok=True)
             self.trie_path = str(folder / f"grpo_sid_trie-{os.getpid()}.pt")  # one per training process
             self.trie.save(self.trie_path)
-        log.info("beam rollouts: %d catalog SIDs, %d beams per reasoning, reasoning budget %d tokens, %s engine",
-                 self.trie.num_sequences, beam_width, self.reasoning_budget, "vLLM" if use_vllm else "HF")
+        log.info("beam rollouts: %d catalog SIDs, %d beams per reasoning, reasoning budget %d tokens, %s engine, "
+                 "trained: %s", self.trie.num_sequences, beam_width, self.reasoning_budget,
+                 "vLLM" if use_vllm else "HF", "reasoning and SID" if train_sid else "reasoning alone")
 
     def __call__(self, prompts: list[str], trainer: Any) -> dict[str, Any]:
         group = trainer.num_generations if trainer.model.training else trainer.num_generations_eval
@@ -285,7 +288,7 @@ class BeamRollout:
                 out["prompt_ids"].append(list(prompt_ids[p]))
                 out["completion_ids"].append(reasoning.token_ids + reasoning.closing_ids + sid_ids + [self.eos_id])
                 out["env_mask"].append([1] * len(reasoning.token_ids) + [0] * len(reasoning.closing_ids)
-                                       + [1] * len(sid_ids) + [0])
+                                       + [int(self.train_sid)] * len(sid_ids) + [0])
                 out["beam_sid"].append(sid)
                 out["beam_rank"].append(rank)
                 out["reasoning_closed"].append(reasoning.closed)

@@ -34,6 +34,12 @@ class RewardConfig(Section):
     num_generations / beam_width reasonings x beam_width beams, so it must divide
     num_generations. With beam_width = num_generations (one reasoning per prompt) the reasoning
     tokens get no policy gradient: every beam shares them and a group's advantages sum to 0."""
+    train_sid: bool = True
+    """beam_rank: whether the SID tokens the beam search chose are trained with the reasoning
+    before them. False trains the reasoning alone: a reasoning whose beams rank the target high
+    is pushed up, and the beams' SIDs, most of them plausible items the target is not, are not
+    pushed down for missing it; the SID decoding stays as reasoning SFT left it. Needs several
+    reasonings per group (beam_width below num_generations), else nothing is trained."""
     rank_reward: Literal["ndcg", "top1"] = "ndcg"
     """beam_rank: reward of the beam whose SID is the target, by its 0-based rank r among its
     reasoning's beams (by summed log-probability): ndcg: 1 / log2(r + 2) (1, 0.63, 0.5, ...), the
@@ -79,10 +85,17 @@ class GRPOStageConfig(GRPOSettings):
     @model_validator(mode="after")
     def _beam_rollouts(self) -> GRPOStageConfig:
         if self.reward.mode != "beam_rank":
+            if not self.reward.train_sid:
+                raise ValueError("reward.train_sid false needs reward.mode beam_rank: in free sampling the SID "
+                                 "is part of the sampled text")
             return self
         if self.num_generations % self.reward.beam_width:
             raise ValueError(f"reward.beam_width ({self.reward.beam_width}) must divide the group size "
                              f"num_generations ({self.num_generations}): a group is reasonings x beams")
+        if not self.reward.train_sid and self.reward.beam_width == self.num_generations:
+            raise ValueError(f"reward.train_sid false with beam_width = num_generations ({self.num_generations}) "
+                             "leaves nothing to train: one reasoning per group gets no policy gradient, and the "
+                             "SID tokens are masked out")
         if self.rollout.engine != "hf" and self.rollout.vllm_mode == "server":
             raise ValueError("reward.mode beam_rank: the trie logits processor runs inside the rollout engine, "
                              "which a `trl vllm-serve` server does not load; use rollout.vllm_mode 'colocate' "

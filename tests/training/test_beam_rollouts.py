@@ -114,7 +114,7 @@ def hf_engine(tiny, rollout: beam.BeamRollout, generation_rows: int = 64, **gene
 
 
 def check_rollout(out: dict, rollout: beam.BeamRollout, tokenizer, prompt_texts: list[str], group: int,
-                  max_completion_length: int) -> None:
+                  max_completion_length: int, sid_trained: bool = True) -> None:
     """What TRL's ``_generate`` and our reward functions need, and the trie's guarantee."""
     width = rollout.beam_width
     n = len(prompt_texts) * group
@@ -136,7 +136,8 @@ def check_rollout(out: dict, rollout: beam.BeamRollout, tokenizer, prompt_texts:
         assert len(ids) == len(mask) <= max_completion_length
         assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 0
         sid_ids = ids[-(rollout.trie.depth + 1):-1]
-        assert tokenizer.decode(sid_ids) == beam_sid and mask[-(rollout.trie.depth + 1):-1] == [1] * rollout.trie.depth
+        assert tokenizer.decode(sid_ids) == beam_sid
+        assert mask[-(rollout.trie.depth + 1):-1] == [int(sid_trained)] * rollout.trie.depth
         closing = rollout.separator_ids if closed else rollout.closing_ids
         end = len(ids) - rollout.trie.depth - 1
         assert ids[end - len(closing):end] == closing and mask[end - len(closing):end] == [0] * len(closing)
@@ -154,6 +155,16 @@ def test_beam_rollouts_are_valid_groups_of_catalog_sids(tiny):
     out = rollout.rollout([t for t in prompt_texts for _ in range(6)], hf_engine(tiny, rollout), group=6)
     check_rollout(out, rollout, tiny.tokenizer, prompt_texts, group=6, max_completion_length=20)
     assert not any(out["reasoning_closed"])  # a random model does not write </think>: the rollout closes it
+
+
+def test_reasoning_alone_is_trained_without_train_sid(tiny):
+    """``reward.train_sid: false``: the beams' SID tokens leave the loss, the sampled reasoning stays."""
+    rollout = beam.BeamRollout(tiny.tokenizer, CATALOG, beam_width=2, max_completion_length=20, train_sid=False)
+    prompt_texts = texts(tiny.tokenizer, 2)
+    torch.manual_seed(0)
+    out = rollout.rollout([t for t in prompt_texts for _ in range(4)], hf_engine(tiny, rollout), group=4)
+    check_rollout(out, rollout, tiny.tokenizer, prompt_texts, group=4, max_completion_length=20, sid_trained=False)
+    assert all(sum(mask) > 0 for mask in out["env_mask"])  # every completion still trains its reasoning
 
 
 def test_reasoning_the_model_closes_keeps_its_think_token(tiny):
@@ -250,8 +261,10 @@ def test_mode_selects_the_rollout_function(tiny):
                                   max_completion_length=32)
     free = rewards.build_reward_funcs(RewardConfig(), inputs)
     assert free.rollout_func is None and [f.func.__name__ for f in free.funcs] == ["prefix_reward", "catalog_reward"]
-    ranked = rewards.build_reward_funcs(RewardConfig(mode="beam_rank", beam_width=2, rank_reward="top1"), inputs)
+    ranked = rewards.build_reward_funcs(RewardConfig(mode="beam_rank", beam_width=2, rank_reward="top1",
+                                                     train_sid=False), inputs)
     assert isinstance(ranked.rollout_func, beam.BeamRollout) and ranked.rollout_func.beam_width == 2
+    assert ranked.rollout_func.train_sid is False
     assert [f.func.__name__ for f in ranked.funcs] == ["rank_reward", "catalog_reward"]
     assert ranked.funcs[0].keywords["scheme"] == "top1" and ranked.weights == [1.0, 0.1]
     with pytest.raises(ValueError, match="needs the tokenizer"):
@@ -269,10 +282,12 @@ def test_beam_layout_checks_of_the_stage():
         check_beam_layout(cfg, world=1, catalog_size=3)
 
 
-def test_rollout_func_runs_real_grpo_steps(tiny, tmp_path):
+@pytest.mark.parametrize("train_sid", [True, False], ids=["reasoning and SID", "reasoning alone"])
+def test_rollout_func_runs_real_grpo_steps(tiny, tmp_path, train_sid):
     """Two GRPOTrainer steps through the training entry point with the beam rollout: the weights
-    move and the per-step metrics are logged. The beams cover the whole catalog, so every group
-    holds the target at some rank and the rank reward varies within it."""
+    move and the per-step metrics are logged, whether the SID tokens are trained or only the
+    reasoning is. The beams cover the whole catalog, so every group holds the target at some rank
+    and the rank reward varies within it."""
     from datasets import Dataset
 
     tokenizer = tiny.tokenizer
@@ -282,7 +297,7 @@ def test_rollout_func_runs_real_grpo_steps(tiny, tmp_path):
         str(tmp_path / "prompts"))
     cfg = parse_section(GRPOStageConfig, {
         **CPU, "learning_rate": 1e-3, "max_steps": 2, "num_generations": 8, "rollout_batch_size": 16,
-        "per_device_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4},
+        "per_device_batch_size": 16, "reward": {"mode": "beam_rank", "beam_width": 4, "train_sid": train_sid},
         "rollout": {"engine": "hf", "max_completion_length": 16, "max_prompt_length": 512},
         "validation": {"every_steps": None}}, "grpo")
     payload = grpo_engine.GRPOPayload(
