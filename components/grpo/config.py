@@ -38,8 +38,9 @@ class RewardConfig(Section):
     """beam_rank: whether the SID tokens the beam search chose are trained with the reasoning
     before them. False trains the reasoning alone: a reasoning whose beams rank the target high
     is pushed up, and the beams' SIDs, most of them plausible items the target is not, are not
-    pushed down for missing it; the SID decoding stays as reasoning SFT left it. Needs several
-    reasonings per group (beam_width below num_generations), else nothing is trained."""
+    pushed down for missing it (their tokens get no gradient of their own; the weights they share
+    with the reasoning still move). Needs several reasonings per group (beam_width below
+    num_generations), else nothing is trained."""
     rank_reward: Literal["ndcg", "top1"] = "ndcg"
     """beam_rank: reward of the beam whose SID is the target, by its 0-based rank r among its
     reasoning's beams (by summed log-probability): ndcg: 1 / log2(r + 2) (1, 0.63, 0.5, ...), the

@@ -224,8 +224,7 @@ def _beam_rank_mode(cfg: RewardConfig, inputs: RewardInputs) -> RewardSetup:
     levels = len(cfg.level_rewards)
     rollout = BeamRollout(inputs.tokenizer, sorted(inputs.catalog), beam_width=cfg.beam_width,
                           max_completion_length=inputs.max_completion_length, train_sid=cfg.train_sid,
-                          use_vllm=inputs.use_vllm,
-                          workdir=inputs.workdir)
+                          use_vllm=inputs.use_vllm, workdir=inputs.workdir)
     return RewardSetup(
         funcs=[functools.partial(rank_reward, scheme=cfg.rank_reward, levels=levels, tail_chars=cfg.tail_chars,
                                  think_ids=inputs.think_ids),
