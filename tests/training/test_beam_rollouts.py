@@ -114,7 +114,7 @@ def hf_engine(tiny, rollout: beam.BeamRollout, generation_rows: int = 64, **gene
 
 
 def check_rollout(out: dict, rollout: beam.BeamRollout, tokenizer, prompt_texts: list[str], group: int,
-                  max_completion_length: int, sid_trained: bool = True) -> None:
+                  max_completion_length: int) -> None:
     """What TRL's ``_generate`` and our reward functions need, and the trie's guarantee."""
     width = rollout.beam_width
     n = len(prompt_texts) * group
@@ -137,7 +137,7 @@ def check_rollout(out: dict, rollout: beam.BeamRollout, tokenizer, prompt_texts:
         assert ids[-1] == tokenizer.eos_token_id and mask[-1] == 0
         sid_ids = ids[-(rollout.trie.depth + 1):-1]
         assert tokenizer.decode(sid_ids) == beam_sid
-        assert mask[-(rollout.trie.depth + 1):-1] == [int(sid_trained)] * rollout.trie.depth
+        assert mask[-(rollout.trie.depth + 1):-1] == [int(rollout.train_sid)] * rollout.trie.depth
         closing = rollout.separator_ids if closed else rollout.closing_ids
         end = len(ids) - rollout.trie.depth - 1
         assert ids[end - len(closing):end] == closing and mask[end - len(closing):end] == [0] * len(closing)
@@ -163,7 +163,8 @@ def test_reasoning_alone_is_trained_without_train_sid(tiny):
     prompt_texts = texts(tiny.tokenizer, 2)
     torch.manual_seed(0)
     out = rollout.rollout([t for t in prompt_texts for _ in range(4)], hf_engine(tiny, rollout), group=4)
-    check_rollout(out, rollout, tiny.tokenizer, prompt_texts, group=4, max_completion_length=20, sid_trained=False)
+    check_rollout(out, rollout, tiny.tokenizer, prompt_texts, group=4, max_completion_length=20)
+    assert all(mask[-(rollout.trie.depth + 1):-1] == [0] * rollout.trie.depth for mask in out["env_mask"])
     assert all(sum(mask) > 0 for mask in out["env_mask"])  # every completion still trains its reasoning
 
 
