@@ -7,14 +7,15 @@ MKL's GEMM (torch's CPU matmul) blocks its sums by the instruction set and the t
 ATen's vectorised kernels (softmax, layer norm, reductions) sum in 256- or 512-bit lanes; oneDNN
 likewise. A 2-layer model trained for thousands of steps turns those last bits into other
 checkpoints and other hits: the demo's thinking mode scored 0.5605 HR@10 on valid in one session
-and 0.3848 in a later one, same code, packages and data (README, "Results on this machine").
+and 0.3848 in a later one, same code, packages and data (docs/results.md).
 
 ``reproducible`` (the demo profile's) pins all three to their AVX2 code path, which every x86-64
 CPU of the last decade has, MKL to its strict mode (GEMM's bits do not depend on the thread
 count) and ATen to two threads (its reductions are split by thread). The whole demo pipeline then
 trains the same weights, digit for digit, on this AVX-512 host with two threads as with MKL
 dispatching as on an AVX2-only CPU on one thread, in 469 s against 455 s on native kernels
-(README); ``tests/common/test_cpu_kernels`` shows it on a small model, another host emulated.
+(docs/results.md); ``tests/common/test_cpu_kernels`` shows it on a small model, another host
+emulated.
 ``native`` (the default, and the GPU profiles', where the CPU does no arithmetic that matters)
 lets each library pick the host's fastest path. A CPU without the AVX2 paths (ARM) runs native
 kernels with a warning, and the stage records what ran (MLflow tag ``sidreasoner.cpu_kernels``).
