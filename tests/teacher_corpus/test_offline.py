@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 
 from components.common import leaks
-from components.common.artifacts import Item, Sample
+from components.common.artifacts import Catalog, Item, Sample
 from components.common.sid import TOKEN_RE, find_sids, format_sid
 from components.ingest.demo_data import make_items
 from components.teacher_corpus import kinds, offline, validation
-from components.teacher_corpus.enrich import ItemJob, OfflineWriter, UserJob
+from components.teacher_corpus.enrich import Enricher, ItemJob, OfflineWriter, Review, UserJob, build_jobs
+from tests.teacher_corpus.helpers import config
 
 
 def _demo_catalog() -> dict[str, Item]:
@@ -240,6 +241,24 @@ def test_the_writer_speaks_in_sid_kinds():
     assert text.endswith("So next: controllers, a new brand."), text
     assert "<a_0><b_1><c_0>" in text and "<a_1><b_4><c_0>" not in text
     assert "a wheels item" in asyncio.run(writer.write("item_analysis", ItemJob(0, games["g7"]), None, 0))
+
+
+def test_paths_in_sid_kinds_pass_the_stages_validation():
+    """The enricher validates the writer's SID-kind paths with the kinds' labels as generic words
+    (what the stage passes it): every output accepted, every interest a label."""
+    games = {it.item_id: it for it in _games()}
+    by_sid = kinds.catalog_kinds(list(games.values()), "sid")
+    catalog = Catalog(item_ids=tuple(games), sid_of={k: it.sid for k, it in games.items()}, levels=3, tokens=(),
+                      sid_space=None, items=games)
+    samples = [Sample(k, f"u{k}", history, target, k, "train") for k, (history, target) in enumerate(
+        [(("g0", "g1"), "g4"), (("g4", "g5"), "g7"), (("g7",), "g2"), (("g2", "g8", "g5"), "g6")])]
+    enricher = Enricher(OfflineWriter(32, kind_of=by_sid), catalog, config().validation, Review(5, 0),
+                        by_sid.labels())
+    asyncio.run(enricher.run(build_jobs(catalog, sorted(games), samples), width=1, seed=0))
+    result = enricher.result(len(games), len(samples))
+    assert result.stats["steps"]["user_reasoning"]["accepted"] == 4 and not any(result.stats["rejections"].values())
+    interests = [r["reasoning"].rsplit("So next: ", 1)[-1].split(",")[0] for r in result.reasoning_rows]
+    assert sorted(interests) == ["controllers", "controllers", "switches", "wheels"]  # g4, g6, g2, g7
 
 
 def test_brand_clause_follows_the_history():
