@@ -295,16 +295,6 @@ class EnrichmentConfig(Section):
     instead of staking all of them on one guess (README, Results). The user narratives, which end
     with the next item's SID, keep the path that names its kind alone. The litellm teacher's
     interest follows its prompt template."""
-    kinds: Literal["auto", "table", "sid"] = "auto"
-    """Where the offline writer's product kinds come from (the words its analyses and interests
-    speak in). ``table``: the item's most specific category when the catalog has categories, else
-    the office-product table read against its title (``components/teacher_corpus/kinds.py``),
-    else "other items". ``sid``: the item's first SID code, labelled by the title word that best
-    tells that code's items from the rest of the catalog ("cartridges", "envelopes"), for
-    catalogs the table does not know. ``auto``: the table when it names a kind for at least 80%
-    of the items (the demo's categories: all; Office's titles: 97%), else the SIDs. The choice
-    and the table's coverage are logged and in the stage's stats. The litellm teacher names its
-    own interests: ``sid`` is the offline writer's."""
     prompt_version: str = Field("v1", pattern=r"^[A-Za-z0-9._-]+$")
     """Version folder of the packaged templates (``components/teacher_corpus/prompts/<v>``)."""
     prompts_uri: str | None = None
@@ -329,7 +319,4 @@ class TeacherCorpusConfig(Section):
             raise ValueError(f"enrichment.interest_kinds {self.enrichment.interest_kinds} is the offline writer's "
                              f"(teacher.backend: offline); the {self.teacher.backend} teacher's interest follows "
                              "its prompt template: leave it at 1")
-        if self.enrichment.kinds == "sid" and self.teacher.backend != "offline":
-            raise ValueError(f"enrichment.kinds sid is the offline writer's (teacher.backend: offline); the "
-                             f"{self.teacher.backend} teacher names its own interests: leave it at auto")
         return self

@@ -28,13 +28,13 @@ import heapq
 import logging
 import random
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from components.common.artifacts import Catalog, Item, Sample
 from components.common.logs import Progress
-from components.teacher_corpus import kinds, offline, validation
+from components.teacher_corpus import offline, validation
 from components.teacher_corpus.config import EnrichmentConfig, ValidationConfig
 from components.teacher_corpus.teacher import BudgetExhausted, RequestRejected, TeacherClient, TeacherError
 from components.teacher_corpus.templates import PromptTemplate, combined_hash
@@ -117,36 +117,31 @@ class TeacherWriter:
 class OfflineWriter:
     """The deterministic offline writer (no API); reasoning paths of at most
     ``reasoning_max_words`` words (``enrichment.reasoning_max_words``) whose interest names
-    ``interest_kinds`` kinds, ordered by ``followers`` (``enrichment.interest_kinds``); items'
-    kinds by ``kind_of`` (``enrichment.kinds``; the table by default)."""
+    ``interest_kinds`` kinds, ordered by ``followers`` (``enrichment.interest_kinds``)."""
 
     source = "offline"
     model = None
 
     def __init__(self, reasoning_max_words: int, interest_kinds: int = 1,
-                 followers: offline.KindFollowers | None = None, kind_of: offline.KindOf = kinds.table_kind):
+                 followers: offline.KindFollowers | None = None):
         if interest_kinds > 1 and followers is None:
             raise ValueError("an interest of several kinds needs the train split's kind transitions (followers)")
         self.reasoning_max_words, self.interest_kinds, self.followers = reasoning_max_words, interest_kinds, followers
-        self.kind_of = kind_of
 
     def prompt_hash(self, kind: str) -> str | None:
         return None
 
     async def write(self, step: str, job: Job, prior: str | None, attempt: int) -> str:
         if isinstance(job, ItemJob):
-            write = offline.item_analysis if step == "item_analysis" else offline.item_narrative
-            return write(job.item, self.kind_of)
+            return offline.item_analysis(job.item) if step == "item_analysis" else offline.item_narrative(job.item)
         if step == "user_reasoning":
             named = (self.followers.interest(job.history, job.target, self.interest_kinds)
                      if self.interest_kinds > 1 else ())
-            return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words, named,
-                                          self.kind_of)
+            return offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words, named)
         if self.interest_kinds > 1:
             # the narrative is told in hindsight (it ends with the next item's SID), so it restates the
             # path that names the kind bought; the path that hedges is what the model learns to think
-            prior = offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words,
-                                           kind_of=self.kind_of)
+            prior = offline.user_reasoning(job.sample, job.history, job.target, self.reasoning_max_words)
         return offline.user_narrative(job.sample, job.history, job.target, prior or "")
 
 
@@ -216,11 +211,9 @@ class EnrichmentResult:
 class Enricher:
     """Runs the jobs through a writer, validating every output."""
 
-    def __init__(self, writer: Writer, catalog: Catalog, checks: ValidationConfig, review: Review,
-                 kind_labels: Iterable[str] = ()):
+    def __init__(self, writer: Writer, catalog: Catalog, checks: ValidationConfig, review: Review):
         self.writer, self.catalog, self.checks, self.review = writer, catalog, checks, review
-        # kind_labels: the offline writer's kinds when they come from the SIDs (a group's label)
-        self.generic_words = validation.generic_words(catalog.items.values(), kind_labels)
+        self.generic_words = validation.generic_words(catalog.items.values())
         self.accepted: Counter = Counter()
         self.dropped: Counter = Counter()
         self.skipped_budget: Counter = Counter()

@@ -18,10 +18,7 @@ same rules as the teacher prompts, so the same validation accepts its output:
   the next item for guidance only: it uses that item's kind, purpose and whether its brand is
   one the history already has, never its title, SID or distinctive words; it names history
   items only by their SIDs. Its length is ``enrichment.reasoning_max_words``; every path is
-  checked with the stage's own leak detector before it is returned. Kinds come from the
-  catalog's categories or the office-product table, or, for a catalog the table does not know,
-  from its SIDs (``enrichment.kinds``, :func:`kinds.catalog_kinds`): every function that names
-  a kind takes the catalog's ``kind_of``;
+  checked with the stage's own leak detector before it is returned;
 * user-centric, step 2: recites the history SIDs, restates the reasoning's summary, ends with
   the target SID.
 
@@ -34,8 +31,8 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 from components.common.artifacts import Item, Sample
 from components.common.sid import TOKEN_RE
@@ -43,8 +40,9 @@ from components.teacher_corpus import kinds, validation
 
 VERSION = "offline-v2"
 
-#: An item's kind (:class:`kinds.CatalogKinds`, or :func:`kinds.table_kind`).
-KindOf = Callable[[Item], kinds.Kind]
+_STOPWORDS = frozenset(
+    "a an and are as at by for from in into is it of on or the to with without this that these those "
+    "pack set pcs count inch inches x new".split())
 _WORD = re.compile(r"[A-Za-z][A-Za-z\-]{2,}")
 _SENTENCE = re.compile(r"(?<=[.!?])\s+")
 
@@ -59,7 +57,7 @@ def keywords(item: Item, limit: int = 8) -> list[str]:
     seen: list[str] = []
     for word in _WORD.findall(" ".join([item.title, *item.categories])):
         word = word.lower()
-        if word not in kinds.STOPWORDS and word not in seen:
+        if word not in _STOPWORDS and word not in seen:
             seen.append(word)
     return seen[:limit]
 
@@ -78,13 +76,18 @@ def excerpt(description: str, max_chars: int = 300) -> str:
     return out
 
 
+def item_kind(item: Item) -> kinds.Kind:
+    """The item's kind and purpose (:func:`kinds.kind_of`)."""
+    return kinds.kind_of(item.title, item.categories, item.description)
+
+
 def _maker(item: Item) -> str:
     return f" by {item.brand}" if item.brand else ""
 
 
-def item_analysis(item: Item, kind_of: KindOf = kinds.table_kind) -> str:
+def item_analysis(item: Item) -> str:
     """Step 1: the five-part analysis, restated from the item's fields."""
-    kind, words = kind_of(item).label, keywords(item)
+    kind, words = item_kind(item).label, keywords(item)
     path = " > ".join(item.categories) if item.categories else "uncategorised"
     features = [w for w in words if w not in {c.lower() for c in item.categories}][:5] or words[:3]
     lines = [
@@ -98,9 +101,9 @@ def item_analysis(item: Item, kind_of: KindOf = kinds.table_kind) -> str:
     return "\n".join(lines)
 
 
-def item_narrative(item: Item, kind_of: KindOf = kinds.table_kind) -> str:
+def item_narrative(item: Item) -> str:
     """Step 2: a paragraph naming the item only by its SID."""
-    sid, words, aim = item.sid, keywords(item), kind_of(item)
+    sid, words, aim = item.sid, keywords(item), item_kind(item)
     kind = aim.label
     key = item.item_id
     sentences = [
@@ -148,7 +151,6 @@ class KindFollowers:
     counts: Mapping[str, Counter[str]]
     popularity: Counter[str]
     """Targets per kind: breaks ties."""
-    kind_of: KindOf = field(default=kinds.table_kind, compare=False)
 
     #: What an item one step further back counts for against the one after it: the latest item
     #: decides (on the demo's catalog, its kind's followers name the next kind as often as the
@@ -156,28 +158,27 @@ class KindFollowers:
     STEP_BACK = 0.2
 
     @classmethod
-    def from_train(cls, train: Sequence[Sample], items: Mapping[str, Item],
-                   kind_of: KindOf = kinds.table_kind) -> KindFollowers:
+    def from_train(cls, train: Sequence[Sample], items: Mapping[str, Item]) -> KindFollowers:
         counts: dict[str, Counter[str]] = {}
         popularity: Counter[str] = Counter()
         for sample in train:
             last, target = items.get(sample.history[-1]), items.get(sample.target)
             if last is None or target is None:
                 continue
-            label = kind_of(target).label
-            counts.setdefault(kind_of(last).label, Counter())[label] += 1
+            label = item_kind(target).label
+            counts.setdefault(item_kind(last).label, Counter())[label] += 1
             popularity[label] += 1
-        return cls(counts, popularity, kind_of)
+        return cls(counts, popularity)
 
     def ranked(self, history: Sequence[Item], target: Item | None = None) -> list[str]:
         """Every kind the train split has as a target, the likeliest to follow ``history``
         first. ``target``: the train sample's own next item, whose transition is left out of the
         counts, so that the ranking knows no more of it than it would of an unseen row."""
-        own = Counter([self.kind_of(target).label] if target is not None else [])
+        own = Counter([item_kind(target).label] if target is not None else [])
         score: Counter[str] = Counter()
         weight = 1.0
         for step, item in enumerate(reversed(history)):
-            row = self.counts.get(self.kind_of(item).label, Counter())
+            row = self.counts.get(item_kind(item).label, Counter())
             if step == 0:  # the latest item's row is the one the sample's own transition is in
                 row = row - own
             total = sum(row.values())
@@ -191,18 +192,17 @@ class KindFollowers:
         """The ``size`` kinds an interest names: the target's and the likeliest others, in the
         ranking's order."""
         ranked = self.ranked(history, target)
-        label = self.kind_of(target).label
+        label = item_kind(target).label
         others = [k for k in ranked if k != label][:size - 1]
         return tuple(k for k in ranked if k == label or k in others) if label in ranked else (*others, label)
 
 
-def _summary(history: Sequence[Item], target: Item, kind_of: KindOf, brand: bool = True,
-             named: Sequence[str] = ()) -> str:
+def _summary(history: Sequence[Item], target: Item, brand: bool = True, named: Sequence[str] = ()) -> str:
     """The final interest: the next item's kind, its purpose, and how its brand relates to the
     history (a brand the history has is named; another one is only called new). ``named``: the
     kinds to name instead of the next item's alone (:meth:`KindFollowers.interest`), without
     a purpose, which would tell which of them it is."""
-    aim = kind_of(target)
+    aim = item_kind(target)
     if len(named) > 1:
         text = "So next: " + ", ".join(named[:-1]) + f" or {named[-1]}"
     else:
@@ -218,10 +218,10 @@ def _summary(history: Sequence[Item], target: Item, kind_of: KindOf, brand: bool
     return text + "."
 
 
-def _analysis(key: str, history: Sequence[Item], target: Item, kind_of: KindOf) -> list[_Part]:
+def _analysis(key: str, history: Sequence[Item], target: Item) -> list[_Part]:
     """The sentences about the history, in a few fixed phrasings; depth follows its length."""
     n = len(history)
-    labels = [kind_of(it).label for it in history]
+    labels = [item_kind(it).label for it in history]
     last, last_kind = history[-1], labels[-1]
     latest = f"{last.sid}, {last_kind}" if last.sid != target.sid else last_kind  # the target is never named
     if n == 1:
@@ -248,7 +248,7 @@ def _analysis(key: str, history: Sequence[Item], target: Item, kind_of: KindOf) 
 
 
 def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_words: int,
-                   named: Sequence[str] = (), kind_of: KindOf = kinds.table_kind) -> str:
+                   named: Sequence[str] = ()) -> str:
     """Step 1: a short analysis of the history ending with the next interest; never names the
     target (see the module docstring). ``named``: the kinds the interest names, when more than
     the next item's (:meth:`KindFollowers.interest`).
@@ -259,12 +259,11 @@ def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_wo
     too, below the config's smallest budget) is the floor: its kinds and purpose are generic words.
     """
     key = f"{sample.user_id}:{sample.timestamp}"
-    parts = _analysis(key, history, target, kind_of)
-    # the category and kind words this job knows (validation knows the whole catalog's: a superset)
-    generic = validation.generic_words([*history, target], [*(kind_of(it).label for it in (*history, target)), *named])
+    parts = _analysis(key, history, target)
+    # the category words this job knows (validation knows the whole catalog's: a superset)
+    generic = validation.generic_words([*history, target])
 
-    summaries = [_summary(history, target, kind_of, brand=brand, named=named) for brand in (True, False)]
-    for summary in summaries:
+    for summary in (_summary(history, target, named=named), _summary(history, target, brand=False, named=named)):
         kept = sorted(parts, key=lambda p: -p.keep)
         while True:
             text = " ".join([*(p.text for p in parts if p in kept), summary])
@@ -273,7 +272,7 @@ def user_reasoning(sample: Sample, history: Sequence[Item], target: Item, max_wo
             if not kept:
                 break
             kept.pop()
-    return summaries[-1]
+    return _summary(history, target, brand=False, named=named)
 
 
 def user_narrative(sample: Sample, history: Sequence[Item], target: Item, reasoning: str) -> str:

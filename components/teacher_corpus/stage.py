@@ -26,7 +26,7 @@ from components.common.artifacts import CORPUS_SCHEMA, REASONING_SCHEMA, read_ca
 from components.common.errors import ExpectedError
 from components.common.lineage import StageRun
 from components.common.stage import StageContext
-from components.teacher_corpus import kinds, offline
+from components.teacher_corpus import offline
 from components.teacher_corpus.cache import ResponseCache
 from components.teacher_corpus.config import TeacherCorpusConfig
 from components.teacher_corpus.data import read_train_samples
@@ -72,22 +72,12 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
     train, input_stats = read_train_samples(inputs["samples"], catalog)
     log.info("catalog: %d items (%d retired ignored); %d train samples", len(catalog.items),
              len(catalog.retired), len(train))
-    kind_labels: set[str] = set()
-    kinds_stats = None
     if not client:
-        catalog_kinds = kinds.catalog_kinds(list(catalog.items.values()), cfg.enrichment.kinds)
-        log.info("offline writer: kinds from the %s (enrichment.kinds %s; the table names a kind for %.1f%% of "
-                 "the items)%s", "SIDs" if catalog_kinds.source == "sid" else "categories and kind table",
-                 cfg.enrichment.kinds, 100 * catalog_kinds.table_coverage,
-                 f": {len(catalog_kinds.labels())} kinds" if catalog_kinds.source == "sid" else "")
-        kind_labels = catalog_kinds.labels()
         interest_kinds = cfg.enrichment.interest_kinds
-        followers = (offline.KindFollowers.from_train(train, catalog.items, catalog_kinds)
-                     if interest_kinds > 1 else None)
-        writer = OfflineWriter(cfg.enrichment.reasoning_max_words, interest_kinds, followers, catalog_kinds)
+        followers = offline.KindFollowers.from_train(train, catalog.items) if interest_kinds > 1 else None
+        writer = OfflineWriter(cfg.enrichment.reasoning_max_words, interest_kinds, followers)
         prompt_info = {"offline_writer": offline.VERSION}
-        kinds_stats = catalog_kinds.summary()
-        tracker.log_params({"offline_writer": offline.VERSION, "offline_kinds": catalog_kinds.source})
+        tracker.log_params({"offline_writer": offline.VERSION})
 
     task_rows = build_tasks(cfg.tasks, catalog, train, ctx.seed)
     item_ids = select_items(cfg.enrichment, items_in_scope(cfg.tasks, catalog, train), ctx.seed)
@@ -96,7 +86,7 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
     log.info("deterministic tasks: %d rows; enrichment (%s): %d items, %d users", len(task_rows),
              writer.source, len(item_ids), len(users))
 
-    enricher = Enricher(writer, catalog, cfg.validation, Review(cfg.enrichment.review_samples, ctx.seed), kind_labels)
+    enricher = Enricher(writer, catalog, cfg.validation, Review(cfg.enrichment.review_samples, ctx.seed))
     width = 2 * teacher_cfg.concurrency if client else 1
     enrich_started = time.monotonic()
     if client:
@@ -131,7 +121,6 @@ def run(cfg: TeacherCorpusConfig, ctx: StageContext, inputs: Mapping[str, str], 
         "enrichment": result.stats,
         "teacher": teacher_stats,
         "prompt_templates": prompt_info,
-        "offline_kinds": kinds_stats,
         "seconds": {"total": round(time.monotonic() - started, 3), "enrichment": round(enrich_s, 3)},
     }
     digests = {"corpus": storage.write_parquet(corpus, outputs["corpus"]),

@@ -59,11 +59,10 @@ def _sids(text: str, levels: int, catalog_sids: frozenset[str]) -> tuple[list[st
     return found, reasons
 
 
-def generic_words(items: Iterable[Item], kind_labels: Iterable[str] = ()) -> frozenset[str]:
-    """Words a reasoning path may use whatever the target: the catalog's category words, the
-    product-kind vocabulary of :mod:`.kinds` and ``kind_labels`` (the offline writer's kinds of a
-    catalog the table does not know, :func:`kinds.sid_kinds`: each labels a group of items)."""
-    return kinds.vocabulary([*(category for item in items for category in item.categories), *kind_labels])
+def generic_words(items: Iterable[Item]) -> frozenset[str]:
+    """Words a reasoning path may use whatever the target: the catalog's category words and the
+    product-kind vocabulary of :mod:`.kinds`."""
+    return kinds.vocabulary([category for item in items for category in item.categories])
 
 
 def target_leaks(text: str, target: Item, history: Sequence[Item], generic: frozenset[str]) -> list[str]:

@@ -65,9 +65,6 @@ def test_demo_section_validates():
     ({"enrichment": {"interest_kinds": 4}}, r"enrichment\.interest_kinds: Input should be less than or equal to 3"),
     ({"teacher": {"backend": "litellm"}, "enrichment": {"interest_kinds": 2}},
      r"enrichment\.interest_kinds 2 is the offline writer's \(teacher\.backend: offline\)"),
-    ({"enrichment": {"kinds": "titles"}}, r"enrichment\.kinds: Input should be 'auto', 'table' or 'sid'"),
-    ({"teacher": {"backend": "litellm"}, "enrichment": {"kinds": "sid"}},
-     r"enrichment\.kinds sid is the offline writer's \(teacher\.backend: offline\)"),
 ])
 def test_bad_values_name_the_key(section, message):
     with pytest.raises(ConfigError, match=message) as info:

@@ -14,12 +14,11 @@ import numpy as np
 import pytest
 
 from components.common import leaks
-from components.common.artifacts import Catalog, Item, Sample
+from components.common.artifacts import Item, Sample
 from components.common.sid import TOKEN_RE, find_sids, format_sid
 from components.ingest.demo_data import make_items
 from components.teacher_corpus import kinds, offline, validation
-from components.teacher_corpus.enrich import Enricher, ItemJob, OfflineWriter, Review, UserJob, build_jobs
-from tests.teacher_corpus.helpers import config
+from components.teacher_corpus.enrich import OfflineWriter, UserJob
 
 
 def _demo_catalog() -> dict[str, Item]:
@@ -41,14 +40,13 @@ def _demo_jobs(n: int = 400) -> list[tuple[Sample, list[Item], Item]]:
     return jobs
 
 
-def _office_jobs(pack, upstream_sids: bool = False) -> list[tuple[Sample, list[Item], Item]]:
+def _office_jobs(pack) -> list[tuple[Sample, list[Item], Item]]:
     """Every valid-split row of the real pack, its items given enumerated SIDs (the writer needs
-    SIDs, not good ones), or the pack's own (``index.json``: semantic IDs of 3 x 256 codes)."""
+    SIDs, not good ones)."""
     raw = json.loads((pack / "item.json").read_text())
-    index = json.loads((pack / "index.json").read_text()) if upstream_sids else {}
     items = {key: Item(item_id=key, title=meta["title"].strip(), description=str(meta.get("description") or ""),
                        brand=str(meta.get("brand") or "").strip(), categories=(),
-                       sid="".join(index[key]) if upstream_sids else format_sid([k // 1024, k // 32 % 32, k % 32]))
+                       sid=format_sid([k // 1024, k // 32 % 32, k % 32]))
              for k, (key, meta) in enumerate(raw.items())}
     jobs = []
     with open(pack / "valid.csv", newline="") as f:
@@ -60,25 +58,22 @@ def _office_jobs(pack, upstream_sids: bool = False) -> list[tuple[Sample, list[I
 
 
 def _check_path(sample: Sample, history: list[Item], target: Item, max_words: int,
-                followers: offline.KindFollowers | None = None, interest_kinds: int = 1,
-                kind_of: offline.KindOf = kinds.table_kind) -> str:
+                followers: offline.KindFollowers | None = None, interest_kinds: int = 1) -> str:
     named = followers.interest(history, target, interest_kinds) if followers else ()
-    text = offline.user_reasoning(sample, history, target, max_words, named, kind_of)
+    text = offline.user_reasoning(sample, history, target, max_words, named)
     assert offline.count_words(text) <= max_words, text
-    labels = [*(kind_of(it).label for it in (*history, target)), *named]
-    generic = validation.generic_words([*history, target], labels)
-    assert validation.target_leaks(text, target, history, generic) == [], text
+    assert validation.target_leaks(text, target, history, validation.generic_words([*history, target])) == [], text
     # history items only by their SIDs: SIDs of the history, never the target's; never a history title
     assert set(find_sids(text, 3)) <= {it.sid for it in history} - {target.sid}, text
     assert not any(it.title in text for it in history), text
     # none of the target's distinctive words (title words the history does not share, not generic)
     # (the titles of the history's other items are shared; the brands of all of them may be named)
-    allowed = generic | {w for it in history for w in leaks.words(it.brand)}
+    allowed = validation.generic_words([*history, target]) | {w for it in history for w in leaks.words(it.brand)}
     distinctive = leaks.distinctive_words(target.title, [it.title for it in history if it.sid != target.sid],
                                           allowed)
     assert not distinctive & set(leaks.words(TOKEN_RE.sub(" ", text))), (text, distinctive)
     # it ends with the interest the next item serves
-    aim = kind_of(target)
+    aim = offline.item_kind(target)
     summary = text.rsplit("So next: ", 1)[-1]
     if len(named) > 1:  # the kinds, in the ranking's order, the target's among them; no purpose
         assert aim.label in named and text.count("So next: ") == 1, text
@@ -184,81 +179,6 @@ def test_office_paths_fit_the_budget_and_never_name_the_target(office_pack):
     kinds_named = {t.rsplit("So next: ", 1)[-1].split(",")[0].rstrip(".") for t in texts}
     assert len(kinds_named) >= 20  # the kind vocabulary, read from real titles
     assert sum(kinds.OTHER in t.rsplit("So next: ", 1)[-1] for t in texts) < 0.1 * len(texts)
-
-
-def test_office_paths_with_kinds_from_the_packs_sids(office_pack):
-    """``enrichment.kinds: sid`` on the real pack with its own semantic IDs: every path still fits
-    its budget and leaks nothing of the target, and its interest names the target's first SID
-    code's label, drawn from real titles (Office keeps the table under ``auto``: it names a kind
-    for 97% of the items)."""
-    jobs = _office_jobs(office_pack, upstream_sids=True)
-    items = list({it.item_id: it for _, history, target in jobs for it in (*history, target)}.values())
-    assert kinds.catalog_kinds(items, "auto").source == "table"
-    by_sid = kinds.catalog_kinds(items, "sid")
-    assert by_sid.source == "sid" and by_sid.table_coverage > 0.95
-    texts = [_check_path(*job, 32, kind_of=by_sid) for job in jobs]
-    named = [t.rsplit("So next: ", 1)[-1].split(",")[0].rstrip(".") for t in texts]
-    assert len(set(named)) >= 50 and sum(n == kinds.OTHER for n in named) < 0.05 * len(named)
-    # a label is its code's: the items under one first code share it, other codes do not
-    labelled = [kind.label for kind in by_sid.by_code.values() if kind.label != kinds.OTHER]
-    assert len(labelled) == len(set(labelled)) > 0.9 * len(by_sid.by_code)
-
-
-def _games() -> list[Item]:
-    """A catalog the kind table does not know: game titles, three first SID codes."""
-    rows = [("a_0", "Mario Kart Deluxe - Nintendo Switch", "Nintendo"),
-            ("a_0", "Zelda Breath of the Wild Switch", "Nintendo"),
-            ("a_0", "Splatoon Nintendo Switch Edition", "Nintendo"), ("a_0", "Kirby Star Allies (Switch)", "Nintendo"),
-            ("a_1", "Wireless Controller - Black", "Microsoft"), ("a_1", "Elite Controller Series 2", "Microsoft"),
-            ("a_1", "Enhanced Wired Controller", "PowerA"),
-            ("a_2", "Racing Wheel Controller Pedals", "Logitech"), ("a_2", "Steering Wheel Controller Pro", "Hori"),
-            ("a_3", "Gift Voucher", "Valve")]
-    return [Item(f"g{k}", title, "", brand, (), f"<{code}><b_{k}><c_0>") for k, (code, title, brand) in enumerate(rows)]
-
-
-def test_sid_kinds_label_each_first_code_by_its_distinctive_title_word():
-    games = _games()
-    table = kinds.catalog_kinds(games, "table")
-    assert table.source == "table" and {table(it).label for it in games} == {kinds.OTHER}
-    by_sid = kinds.catalog_kinds(games, "auto")  # the table names no kind here: the SIDs do
-    assert by_sid.source == "sid" and by_sid.table_coverage == 0.0
-    # "nintendo" is the brand's word, not a kind; "controller" labels one code only (the larger one
-    # chooses first), so the wheels get their own word; one item's words label nothing
-    assert {code: kind.label for code, kind in by_sid.by_code.items()} == {
-        "<a_0>": "switches", "<a_1>": "controllers", "<a_2>": "wheels", "<a_3>": kinds.OTHER}
-    assert by_sid(games[4]) == kinds.Kind("controllers", None)
-    assert {"wheel", "wheels"} <= validation.generic_words(games, by_sid.labels())
-
-
-def test_the_writer_speaks_in_sid_kinds():
-    games = {it.item_id: it for it in _games()}
-    by_sid = kinds.catalog_kinds(list(games.values()), "sid")
-    sample = Sample(0, "u0", ("g0", "g1"), "g4", 0, "train")
-    writer = OfflineWriter(60, kind_of=by_sid)
-    text = asyncio.run(writer.write("user_reasoning", UserJob(0, sample, (games["g0"], games["g1"]), games["g4"]),
-                                    None, 0))
-    assert "Only switches so far." in text or "All switches so far." in text
-    assert text.endswith("So next: controllers, a new brand."), text
-    assert "<a_0><b_1><c_0>" in text and "<a_1><b_4><c_0>" not in text
-    assert "a wheels item" in asyncio.run(writer.write("item_analysis", ItemJob(0, games["g7"]), None, 0))
-
-
-def test_paths_in_sid_kinds_pass_the_stages_validation():
-    """The enricher validates the writer's SID-kind paths with the kinds' labels as generic words
-    (what the stage passes it): every output accepted, every interest a label."""
-    games = {it.item_id: it for it in _games()}
-    by_sid = kinds.catalog_kinds(list(games.values()), "sid")
-    catalog = Catalog(item_ids=tuple(games), sid_of={k: it.sid for k, it in games.items()}, levels=3, tokens=(),
-                      sid_space=None, items=games)
-    samples = [Sample(k, f"u{k}", history, target, k, "train") for k, (history, target) in enumerate(
-        [(("g0", "g1"), "g4"), (("g4", "g5"), "g7"), (("g7",), "g2"), (("g2", "g8", "g5"), "g6")])]
-    enricher = Enricher(OfflineWriter(32, kind_of=by_sid), catalog, config().validation, Review(5, 0),
-                        by_sid.labels())
-    asyncio.run(enricher.run(build_jobs(catalog, sorted(games), samples), width=1, seed=0))
-    result = enricher.result(len(games), len(samples))
-    assert result.stats["steps"]["user_reasoning"]["accepted"] == 4 and not any(result.stats["rejections"].values())
-    interests = [r["reasoning"].rsplit("So next: ", 1)[-1].split(",")[0] for r in result.reasoning_rows]
-    assert sorted(interests) == ["controllers", "controllers", "switches", "wheels"]  # g4, g6, g2, g7
 
 
 def test_brand_clause_follows_the_history():

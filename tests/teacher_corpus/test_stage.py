@@ -241,7 +241,5 @@ def test_offline_backend_needs_no_api_and_marks_its_rows(tmp_path, monkeypatch):
     assert stats["corpus"]["sources"] == {"offline": 14 + 2, "template": 14 * 2 + 16 * 4}
     reasoning = pq.read_table(out["reasoning"]).to_pylist()
     assert len(reasoning) == 2 and {r["source"] for r in reasoning} == {"offline"}
-    # the test catalog has categories: the writer's kinds are the table's (enrichment.kinds auto)
-    assert tracker.params == {"offline_writer": "offline-v2", "offline_kinds": "table"}
-    assert stats["offline_kinds"] == {"source": "table", "table_coverage": 1.0, "kinds": None}
+    assert tracker.params == {"offline_writer": "offline-v2"}
     assert not (tmp_path / "cache").exists()  # nothing to cache
