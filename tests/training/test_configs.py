@@ -128,6 +128,8 @@ BAD = [
     (AlignSFTConfig, {"backbone": {"uri": "/m"}, "trainer_args": {"learning_rate": 0.1}},
      "'learning_rate' is set by the training library from this section's own fields"),
     (ReasonSFTConfig, {"trainer_args": {"repetition_penalty": 1.1}}, "is not an argument of trl.SFTConfig"),
+    (ReasonSFTConfig, {"trainer_args": {"label_smoothing_factor": 0.1}}, "is set by the training library"),
+    (AlignSFTConfig, {"backbone": {"uri": "/m"}, "label_smoothing": 1.0}, "less than 1"),
     (GRPOStageConfig, {"trainer_args": {"num_generations_eval": 4}}, "is set by the training library"),
     (AlignSFTConfig, {"backbone": {"uri": "/m"}, "validation": {"k": 20}},
      r"align_sft.validation: k \(20\) must be at most beam_width \(10\)"),

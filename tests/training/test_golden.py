@@ -33,7 +33,7 @@ from tests.training.test_stages import GRPO_TARGET, align_inputs, run_stage, sid
 
 GOLDEN = Path(__file__).with_name("golden_steps.json")
 #: Steps compared per stage (the first ones of each run).
-STEPS = {"align_sft": 5, "reason_sft": 6, "grpo": 4}
+STEPS = {"align_sft": 5, "align_sft_label_smoothing": 5, "reason_sft": 6, "grpo": 4}
 #: Relative tolerance (torchtune's recipe tests use 1e-3 too); GRPO's first losses are about 0
 #: (advantages sum to zero per group; the KL starts at 0), so its losses also get an absolute one.
 RTOL, GRPO_LOSS_ATOL = 1e-3, 1e-7
@@ -85,15 +85,22 @@ def reason(tmp_path_factory, synthetic, sid_model, tracking_uri) -> dict:
     }, tmp, {"sft_model": str(sid_model), "reasoning": reasoning, "sid_map": synthetic["sid_map"]}, tracking_uri)
 
 
-def test_align_sft_first_losses_are_the_pinned_ones(tmp_path, synthetic, tiny_backbone, tracking_uri):
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+def test_align_sft_first_losses_are_the_pinned_ones(tmp_path, synthetic, tiny_backbone, tracking_uri, label_smoothing):
     # linear decay from 3e-3 over 10 steps, 2 micro-batches of 4 per step: the schedule and the
     # gradient accumulation both shape the first losses
     run = run_stage(ALIGN, {
         "backbone": {"uri": str(tiny_backbone)}, "learning_rate": 3e-3, "warmup_steps": 0,
         "max_steps": 10, "global_batch_size": 8, "per_device_batch_size": 4, "max_length": 512,
         "eval_strategy": "no", "early_stopping_patience": None, "checkpoint": {"every_steps": 100},
+        "label_smoothing": label_smoothing,
     }, tmp_path, align_inputs(synthetic), tracking_uri)
-    check("align_sft", {"loss": losses(run)})
+    if not label_smoothing:
+        check("align_sft", {"loss": losses(run)})
+        return
+    check("align_sft_label_smoothing", {"loss": losses(run)})
+    pinned = json.loads(GOLDEN.read_text())  # the smoothing reached the loss: the same run, other losses
+    assert pinned["align_sft_label_smoothing"]["loss"] != pytest.approx(pinned["align_sft"]["loss"], rel=RTOL)
 
 
 def test_reason_sft_first_losses_are_the_pinned_ones(reason):

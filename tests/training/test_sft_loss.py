@@ -1,7 +1,8 @@
 """The SFT engine's CPU loss (``loss_kernel: logits``, the model's own forward) is TRL's loss:
-the same value and the same gradients as SFTTrainer's fused LM-head kernel, on a padded batch of
-mixed-length rows with prompt tokens unsupervised, under gradient accumulation's normalisation,
-with the LM head run on the supervised positions only."""
+the same value and the same gradients as SFTTrainer's fused LM-head kernel (or, with label
+smoothing, its ``LabelSmoother`` over the full logits), on a padded batch of mixed-length rows
+with prompt tokens unsupervised, under gradient accumulation's normalisation, with the LM head
+run on the supervised positions only."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from tests.tiny_sid_model import build_sid_model
 CODEBOOKS = (4, 5, 6)
 
 
-def test_the_logits_loss_equals_trls_fused_kernel_loss(tmp_path):
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_the_logits_loss_equals_trls_loss(tmp_path, smoothing):
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
 
@@ -26,7 +28,8 @@ def test_the_logits_loss_equals_trls_fused_kernel_loss(tmp_path):
     encoded = sft.encode_direct(tokenizer, rows, supervise_end=True, max_length=256)
     encoded.add("narrative", *sft.encode_text(tokenizer, f"{sids[0]} is a blue gel pen for the office."))
     args = SFTConfig(output_dir=str(tmp_path / "out"), use_cpu=True, bf16=False, report_to=[],
-                     per_device_train_batch_size=5, completion_only_loss=True, max_length=None, packing=False)
+                     per_device_train_batch_size=5, label_smoothing_factor=smoothing, completion_only_loss=True,
+                     max_length=None, packing=False)
     trainer = SFTTrainer(model=model, args=args, train_dataset=encoded.dataset(), processing_class=tokenizer)
     batch = trainer._prepare_inputs(next(iter(trainer.get_train_dataloader())))
     assert (batch["attention_mask"] == 0).any() and (batch["labels"] == -100).any()  # padding and prompts
@@ -40,7 +43,7 @@ def test_the_logits_loss_equals_trls_fused_kernel_loss(tmp_path):
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
 
     model.train()
-    fused, fused_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items))
+    trls, trls_grads = loss_and_grads(lambda: trainer.compute_loss(model, dict(batch), num_items_in_batch=num_items))
     head_rows = []
     hook = model.get_output_embeddings().register_forward_hook(lambda _m, args, _out: head_rows.append(args[0].shape))
     logits, logits_grads = loss_and_grads(lambda: sft.model_loss(trainer, model, dict(batch), False, num_items))
@@ -51,11 +54,17 @@ def test_the_logits_loss_equals_trls_fused_kernel_loss(tmp_path):
         full, outputs = sft.model_loss(trainer, model, dict(batch), True, num_items)
     assert outputs.logits.shape[:2] == batch["input_ids"].shape
     assert full.item() == pytest.approx(logits.item(), rel=1e-5)
-    assert logits.item() == pytest.approx(fused.item(), rel=1e-5)
-    for name, grad in fused_grads.items():
+    assert logits.item() == pytest.approx(trls.item(), rel=1e-5)
+    for name, grad in trls_grads.items():
         torch.testing.assert_close(logits_grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
-    # and it is the plain per-token cross-entropy of the supervised tokens
+    # and it is the per-token cross-entropy of the supervised tokens, each target's probability
+    # 1 - smoothing and the rest spread evenly over the vocabulary
     out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-    nll = torch.nn.functional.cross_entropy(out.logits[:, :-1].flatten(0, 1), batch["labels"][:, 1:].flatten(),
-                                            ignore_index=-100, reduction="sum")
-    assert logits.item() == pytest.approx(nll.item() / num_items.item(), rel=1e-5)
+    log_probs = torch.log_softmax(out.logits[:, :-1].double(), dim=-1)
+    labels = batch["labels"][:, 1:]
+    mask = labels != -100
+    nll = -log_probs.gather(-1, labels.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    uniform = -log_probs.mean(dim=-1)
+    expected = ((1 - smoothing) * nll + smoothing * uniform)[mask].sum() / num_items.item()
+    assert logits.item() == pytest.approx(expected.item(), rel=1e-5)
+    assert (logits.item() > nll[mask].sum().item() / num_items.item()) == (smoothing > 0)

@@ -31,7 +31,8 @@ MANAGED_ARGS: frozenset[str] = frozenset({
     "save_strategy", "save_steps", "eval_strategy", "eval_steps", "load_best_model_at_end",
     "metric_for_best_model", "greater_is_better",
     # SFT engine
-    "completion_only_loss", "max_length", "packing", "shuffle_dataset", "include_num_input_tokens_seen",
+    "label_smoothing_factor", "completion_only_loss", "max_length", "packing", "shuffle_dataset",
+    "include_num_input_tokens_seen",
     # GRPO engine
     "steps_per_generation", "num_generations", "max_completion_length", "temperature", "top_p", "top_k",
     "beta", "loss_type", "epsilon", "scale_rewards", "num_iterations", "reward_weights",
@@ -232,6 +233,10 @@ class SFTSettings(TrainerSettings):
     the best checkpoint is restored at the end. Null: train to the end, keep the last weights."""
     supervise_end_token: bool = False
     """Include the end-of-turn token in the loss of chat rows."""
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+    """Label smoothing of the cross-entropy (transformers' ``label_smoothing_factor``): each
+    supervised token's target keeps 1 - label_smoothing of its probability, the rest is spread
+    evenly over the vocabulary. 0: the plain cross-entropy (the recipe's)."""
     loss_kernel: Literal["auto", "fused", "logits"] = "auto"
     """How the loss is computed (the same loss either way: summed over the supervised tokens,
     divided by their count in the step). fused: TRL's fused LM-head kernel (no logits tensor, and

@@ -251,7 +251,8 @@ def model_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_outputs:
     """The SFT loss through the model's own forward (``loss_kernel: logits``): cross-entropy of the
     next-token logits summed over the supervised tokens (labels != -100) and divided by their
     count in the optimizer step (``num_items_in_batch``): the loss TRL's SFTTrainer computes, same
-    labels, same normalisation.
+    labels, same normalisation, label smoothing included (``label_smoothing``: SFTTrainer then
+    scores the full logits with transformers' ``LabelSmoother``, the same value).
 
     Why on a CPU: SFTTrainer scores the labels with a fused LM-head kernel (per-token
     log-probabilities without materialising the logits, plus entropy and top-1 accuracy for its
@@ -282,7 +283,8 @@ def model_loss(trainer: Any, model: Any, inputs: dict[str, Any], return_outputs:
     hidden = unwrapped.get_decoder()(**{k: v for k, v in inputs.items() if k != "labels"},
                                      use_cache=False).last_hidden_state
     logits = unwrapped.get_output_embeddings()(hidden[:, :-1][supervised]).float()
-    loss = F.cross_entropy(logits, labels[supervised], reduction="sum")
+    loss = F.cross_entropy(logits, labels[supervised], reduction="sum",
+                           label_smoothing=trainer.args.label_smoothing_factor)
     return loss / (num_items_in_batch if num_items_in_batch is not None else supervised.sum())
 
 
@@ -329,7 +331,7 @@ def train_sft(job: launch.TrainJob) -> None:
         **schedule,
         load_best_model_at_end=evaluate and cfg.early_stopping_patience is not None,
         metric_for_best_model=cfg.validation.best_metric_key, greater_is_better=cfg.validation.ranks,
-        completion_only_loss=True, max_length=None,
+        label_smoothing_factor=cfg.label_smoothing, completion_only_loss=True, max_length=None,
         packing=False, shuffle_dataset=False,  # the Trainer's seeded sampler shuffles every epoch
         include_num_input_tokens_seen="non_padding",
     )
