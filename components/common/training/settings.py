@@ -236,7 +236,9 @@ class SFTSettings(TrainerSettings):
     label_smoothing: float = Field(0.0, ge=0, lt=1)
     """Label smoothing of the cross-entropy (transformers' ``label_smoothing_factor``): each
     supervised token's target keeps 1 - label_smoothing of its probability, the rest is spread
-    evenly over the vocabulary. 0: the plain cross-entropy (the recipe's)."""
+    evenly over the vocabulary. 0: the plain cross-entropy (the recipe's). TRL 1.16 deprecates the
+    argument in SFTTrainer (to be removed in TRL 2.0) and, on GPUs (``loss_kernel: fused``), pays
+    for it with a full-logits forward per step besides the fused one."""
     loss_kernel: Literal["auto", "fused", "logits"] = "auto"
     """How the loss is computed (the same loss either way: summed over the supervised tokens,
     divided by their count in the step). fused: TRL's fused LM-head kernel (no logits tensor, and

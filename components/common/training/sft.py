@@ -25,6 +25,7 @@ reasoning activation (Stage 2a).
 from __future__ import annotations
 
 import logging
+import warnings
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -340,9 +341,12 @@ def train_sft(job: launch.TrainJob) -> None:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience))
     if payload.new_token_warmup_steps:
         callbacks.append(NewTokenWarmup(model, payload.new_token_ids, payload.new_token_warmup_steps))
-    trainer = ValidatingSFTTrainer(model=model, args=args, train_dataset=train,
-                                   eval_dataset=evaluation if evaluate else None, processing_class=tokenizer,
-                                   callbacks=callbacks)
+    with warnings.catch_warnings():
+        if logits_loss:  # TRL warns that smoothing costs its fused kernel an extra forward; this loss has neither
+            warnings.filterwarnings("ignore", message="`label_smoothing_factor` is deprecated", category=FutureWarning)
+        trainer = ValidatingSFTTrainer(model=model, args=args, train_dataset=train,
+                                       eval_dataset=evaluation if evaluate else None, processing_class=tokenizer,
+                                       callbacks=callbacks)
     if evaluate and cfg.validation.ranks:
         if payload.validation is None:
             raise ValueError(f"validation.metric {cfg.validation.metric!r}: the payload has no validation sample")
